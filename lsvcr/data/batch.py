@@ -1,0 +1,74 @@
+"""Typed batches: the index form of both user histories, as the data loader hands them out.
+
+Histories are right-padded: position 0 is the oldest kept item, padding (index 0) follows the
+last real item. The comment history is ragged (several comments per video), so its comments are
+given flat with the slot each belongs to; the SR averages the comments of a slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class HistoryBatch:
+    """Both histories of B samples plus the target, as indices (0 = padding).
+
+    Attributes:
+        v_video: ``[B, Lv]`` video history, oldest first.
+        v_comment: ``[B, Lv]`` the hot comment shown with each history video (0 = none).
+        c_video: ``[B, Lc]`` videos of the comment history (one per (user, video) group).
+        c_comment: ``[N]`` every comment the user interacted with, all groups of the batch.
+        c_slot: ``[N]`` flat slot ``b * Lc + j`` of each entry of ``c_comment``.
+        target: ``[B]`` target video (rec: the next video; comm_rank: the video being watched).
+    """
+
+    v_video: torch.Tensor
+    v_comment: torch.Tensor
+    c_video: torch.Tensor
+    c_comment: torch.Tensor
+    c_slot: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def v_mask(self) -> torch.Tensor:
+        """``[B, Lv]`` True at real items."""
+        return self.v_video > 0
+
+    @property
+    def c_mask(self) -> torch.Tensor:
+        """``[B, Lc]`` True at real items."""
+        return self.c_video > 0
+
+    def to(self, device: torch.device | str) -> "HistoryBatch":
+        return type(self)(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+
+@dataclass
+class RecBatch:
+    """A video-recommendation batch: histories and the target video (``history.target``)."""
+
+    history: HistoryBatch
+
+    def to(self, device) -> "RecBatch":
+        return RecBatch(self.history.to(device))
+
+
+@dataclass
+class CommRankBatch:
+    """A comment-ranking batch.
+
+    Attributes:
+        history: histories; ``history.target`` is the video being watched.
+        candidates: ``[B, K]`` candidate comments (0 = padding), positives first in training.
+        labels: ``[B, K]`` bool, True at positives.
+    """
+
+    history: HistoryBatch
+    candidates: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "CommRankBatch":
+        return CommRankBatch(self.history.to(device), self.candidates.to(device), self.labels.to(device))
