@@ -20,6 +20,7 @@ Layout (indices are contiguous, 0 is padding; ``V``/``C``/``U`` = number of vide
     arrays/ci_time.npy             int64 [Nc]
     arrays/ci_group.npy            int32 [Nc]    rank of the (user, video) group among the
                                                  user's groups, ordered by first interaction
+    arrays/ci_ngroups.npy          int32 [Nc]    groups the user has opened up to this row
     samples/<task>.<split>/*.npy   see :class:`SampleSet`
 
 Every array is read with ``mmap_mode="r"``, so opening a KuaiComt-sized dataset costs no memory
@@ -55,6 +56,7 @@ ARRAYS = (
     "ci_video",
     "ci_time",
     "ci_group",
+    "ci_ngroups",
 )
 
 
@@ -158,6 +160,7 @@ class PreparedDataset:
     ci_video: np.ndarray
     ci_time: np.ndarray
     ci_group: np.ndarray
+    ci_ngroups: np.ndarray
 
     def samples(self, task: str, split: str) -> SampleSet:
         if task not in TASKS or split not in SPLITS:
