@@ -1,0 +1,39 @@
+"""The `lsvcr` command: compose the Hydra config, run the chosen stage's pipeline.
+
+    lsvcr                                    # prepare the embedded world, evaluate popularity
+    lsvcr stage=prepare data.num_users=5000  # another world size
+    lsvcr -m stage=evaluate task=rec,comm_rank model/sr=popularity,random
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.utils import get_method
+from omegaconf import DictConfig
+
+from lsvcr.data.errors import UserError
+
+log = logging.getLogger("lsvcr")
+
+
+def run(cfg: DictConfig):
+    """Run ``cfg.stage``'s pipeline; a user error becomes one message and exit status 2."""
+    pipeline = get_method(cfg.stage._target_)
+    try:
+        return pipeline(cfg)
+    except UserError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig):
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Evaluate any scorer on a split under the sampled and the full-ranking protocol.
+
+A *scorer* answers two questions (popularity, random, a fine-tuned SR, ...)::
+
+    score_videos(history: HistoryBatch, candidates: LongTensor[B, K] | None) -> Tensor[B, K]
+        (candidates None = every video: returns [B, V+1], column 0 = padding, ignored)
+    score_comments(history: HistoryBatch, candidates: LongTensor[B, K]) -> Tensor[B, K]
+
+Candidates of the sampled protocol are drawn once per split from ``seed``, so every evaluation of
+every run (and every process layout) sees the same ones. With several processes each rank takes
+a contiguous shard of the samples and the metric *sums* are all-reduced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lsvcr.data.batch import HistoryBatch
+from lsvcr.data.history import HistoryGatherer
+from lsvcr.data.store import PreparedDataset, SampleSet
+from lsvcr.metrics.candidates import sample_comment_candidates, sample_video_candidates
+from lsvcr.metrics.ranking import RankingMetrics, ranks_multi, ranks_single
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("sampled", "full")
+# cap on the scores one full-ranking chunk materialises ([rows, V+1] floats)
+_FULL_CHUNK_ELEMS = 1 << 25
+
+
+class Scorer(Protocol):
+    def score_videos(self, history: HistoryBatch, candidates: torch.Tensor | None) -> torch.Tensor: ...
+
+    def score_comments(self, history: HistoryBatch, candidates: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class EvalConfig:
+    protocols: tuple[str, ...] = PROTOCOLS
+    rec_sampled_negatives: int = 99
+    comm_max_candidates: int = 100
+    seed: int = 2024
+    batch_size: int = 1024
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    ndcg_ks: tuple[int, ...] = (5, 10)
+    mrr_ks: tuple[int, ...] = (5, 10)
+    progress: bool = True
+
+
+def _shard(n: int) -> np.ndarray:
+    """This rank's contiguous share of ``n`` rows (no padding, so nothing is counted twice)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return np.array_split(np.arange(n), world)[rank]
+    return np.arange(n)
+
+
+class Evaluator:
+    """Computes ranking metrics of a scorer for one task on a prepared dataset."""
+
+    def __init__(self, ds: PreparedDataset, gatherer: HistoryGatherer, task: str, cfg: EvalConfig, device="cpu"):
+        if task not in ("rec", "comm_rank"):
+            raise ValueError(f"task must be rec or comm_rank, got {task!r}")
+        self.ds, self.gatherer, self.task, self.cfg, self.device = ds, gatherer, task, cfg, torch.device(device)
+        self._cache: dict[tuple[str, str], tuple] = {}
+
+    def _candidates(self, split: str, protocol: str, samples: SampleSet):
+        """``(candidates [N, K], is_positive [N, K])``; ``None`` for full-ranking rec."""
+        key = (split, protocol)
+        if key not in self._cache:
+            seed = self.cfg.seed + (0 if split == "val" else 1)
+            if self.task == "rec":
+                cands = None if protocol == "full" else sample_video_candidates(
+                    np.asarray(samples.target), self.ds.num_videos, self.cfg.rec_sampled_negatives, seed)
+                self._cache[key] = (cands, None)
+            else:
+                self._cache[key] = sample_comment_candidates(
+                    np.asarray(samples.target), np.asarray(samples.pos_ptr), np.asarray(samples.pos),
+                    np.asarray(self.ds.video_comment_ptr), np.asarray(self.ds.video_comments),
+                    self.cfg.comm_max_candidates if protocol == "sampled" else None, seed)
+        return self._cache[key]
+
+    def _metrics(self) -> RankingMetrics:
+        return RankingMetrics(ks=self.cfg.recall_ks, ndcg_ks=self.cfg.ndcg_ks, mrr_ks=self.cfg.mrr_ks)
+
+    @torch.inference_mode()
+    def evaluate(self, scorer: Scorer, split: str) -> dict[str, dict[str, float]]:
+        """``{protocol: {metric: value, "count": n}}`` over the whole split (all ranks)."""
+        samples = self.ds.samples(self.task, split)
+        rows = _shard(len(samples))
+        out = {}
+        for protocol in self.cfg.protocols:
+            cands, labels = self._candidates(split, protocol, samples)
+            metrics = self._metrics()
+            batches = range(0, len(rows), self.cfg.batch_size)
+            for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress,
+                           leave=False):
+                idx = rows[lo: lo + self.cfg.batch_size]
+                history = self.gatherer(samples, idx).to(self.device)
+                if self.task == "rec":
+                    ranks = self._rec_ranks(scorer, history, None if cands is None else cands[idx])
+                    metrics.update(ranks[:, None], torch.ones_like(ranks))
+                else:
+                    c = torch.from_numpy(cands[idx]).to(self.device)
+                    lab = torch.from_numpy(labels[idx]).to(self.device)
+                    scores = scorer.score_comments(history, c).float()
+                    metrics.update(ranks_multi(scores, lab, c > 0), lab.sum(1))
+            out[protocol] = metrics.synced().compute()
+        return out
+
+    def _rec_ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None) -> torch.Tensor:
+        if cands is not None:
+            c = torch.from_numpy(cands).to(self.device)
+            scores = scorer.score_videos(history, c).float()
+            return ranks_single(scores, torch.zeros(len(c), dtype=torch.long, device=self.device), c > 0)
+        step = max(1, _FULL_CHUNK_ELEMS // (self.ds.num_videos + 1))
+        parts = []
+        for lo in range(0, len(history.target), step):
+            sub = _slice_history(history, lo, lo + step)
+            scores = scorer.score_videos(sub, None).float()
+            valid = torch.ones_like(scores, dtype=torch.bool)
+            valid[:, 0] = False
+            parts.append(ranks_single(scores, sub.target, valid))
+        return torch.cat(parts)
+
+
+def _slice_history(h: HistoryBatch, lo: int, hi: int) -> HistoryBatch:
+    """Rows ``lo:hi`` of a history batch (the flat comment list is filtered by slot)."""
+    if lo == 0 and hi >= len(h.target):
+        return h
+    width = h.c_video.shape[1]
+    keep = (h.c_slot >= lo * width) & (h.c_slot < hi * width)
+    return HistoryBatch(h.v_video[lo:hi], h.v_comment[lo:hi], h.c_video[lo:hi], h.c_comment[keep],
+                        h.c_slot[keep] - lo * width, h.target[lo:hi])
+
+
+def format_table(rows: dict[str, dict[str, float]], keys: list[str] | None = None) -> str:
+    """A plain-text table: one row per ``rows`` entry, one column per metric."""
+    if not rows:
+        return "(no results)"
+    keys = keys or [k for k in next(iter(rows.values())) if k not in ("count", "skipped")] + ["count"]
+    name_w = max(len(n) for n in rows) + 2
+    head = "".ljust(name_w) + "".join(k.rjust(11) for k in keys)
+    lines = [head, "-" * len(head)]
+    for name, m in rows.items():
+        cells = "".join((f"{m[k]:.4f}" if k != "count" else f"{int(m[k])}").rjust(11) if k in m else "-".rjust(11)
+                        for k in keys)
+        lines.append(name.ljust(name_w) + cells)
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""What every pipeline needs: the prepared dataset, the run directory, the logger, results files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lsvcr.data.builder import write_dataset
+from lsvcr.data.errors import ConfigError
+from lsvcr.data.samples import SplitConfig
+from lsvcr.data.store import PreparedDataset
+from lsvcr.metrics.evaluator import EvalConfig
+from lsvcr.utils.loggers import is_rank_zero
+
+log = logging.getLogger("lsvcr")
+
+# data keys that do not change the prepared files (they act when batches are built)
+_LOAD_TIME_KEYS = ("max_phis_len", "max_chis_len", "prepared_dir")
+
+
+def data_fingerprint(data_cfg: DictConfig) -> str:
+    """Short hash of everything in ``data`` that shapes the prepared files."""
+    d = OmegaConf.to_container(data_cfg, resolve=True)
+    d = {k: v for k, v in d.items() if k not in _LOAD_TIME_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def prepared_dir(cfg: DictConfig) -> Path:
+    if cfg.data.get("prepared_dir"):
+        return Path(cfg.data.prepared_dir)
+    return Path(cfg.paths.data_dir) / f"{cfg.data.name}-{data_fingerprint(cfg.data)}"
+
+
+def prepare(cfg: DictConfig, overwrite: bool = True) -> Path:
+    """Read ``data.reader``, validate, and write the prepared dataset; returns its directory."""
+    from lsvcr.data.validate import validate
+
+    if cfg.data.get("reader") is None:
+        raise ConfigError(f"data={cfg.data.name} has no reader: it can only load {prepared_dir(cfg)}")
+    out = prepared_dir(cfg)
+    t0 = time.perf_counter()
+    raw = instantiate(cfg.data.reader, _convert_="all")
+    t_read = time.perf_counter() - t0
+    raw, skipped = validate(raw, timestamps=cfg.data.timestamps)
+    t_valid = time.perf_counter() - t0 - t_read
+    split = SplitConfig(**OmegaConf.to_container(cfg.data.split, resolve=True))
+    write_dataset(raw, out, split, overwrite=overwrite, manifest_extra={
+        "source": {"name": cfg.data.name, **raw.source},
+        "fingerprint": data_fingerprint(cfg.data),
+        "data_config": OmegaConf.to_container(cfg.data, resolve=True),
+        "skipped": skipped,
+        "read_seconds": round(t_read, 3),
+        "validate_seconds": round(t_valid, 3),
+    })
+    return out
+
+
+def load_dataset(cfg: DictConfig) -> PreparedDataset:
+    """The prepared dataset for ``cfg.data``, preparing it first when it does not exist yet."""
+    path = prepared_dir(cfg)
+    if not (path / "manifest.json").exists():
+        if cfg.data.get("prepared_dir") and cfg.data.get("reader") is None:
+            return PreparedDataset(path)  # raises a clear "not a prepared dataset" error
+        log.info("no prepared dataset at %s: preparing it", path)
+        prepare(cfg, overwrite=True)
+    return PreparedDataset(path)
+
+
+def build(node: DictConfig, **kwargs):
+    """Instantiate a config node with a ``_target_``, leaving out its descriptive ``name``."""
+    node = OmegaConf.masked_copy(node, [k for k in node if k != "name"])
+    return instantiate(node, **kwargs)
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    e = cfg.eval
+    return EvalConfig(protocols=tuple(e.protocols), rec_sampled_negatives=e.rec_sampled_negatives,
+                      comm_max_candidates=e.comm_max_candidates, seed=e.seed, batch_size=e.batch_size,
+                      recall_ks=tuple(e.recall_ks), ndcg_ks=tuple(e.ndcg_ks), mrr_ks=tuple(e.mrr_ks))
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.run_dir)
+    if is_rank_zero():
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_logger(cfg: DictConfig, path: Path):
+    logger = instantiate(cfg.logger)
+    logger.start(path, OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def write_json(path: Path, obj: Any) -> None:
+    if is_rank_zero():
+        path.write_text(json.dumps(obj, indent=2, sort_keys=True))

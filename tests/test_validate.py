@@ -1,0 +1,152 @@
+import logging
+
+import pyarrow as pa
+import pytest
+
+from lsvcr.data.errors import ConfigError, DataError
+from lsvcr.data.raw import RawTables
+from lsvcr.data.sources import ROW_COLUMN, read_native
+from lsvcr.data.validate import REASONS, validate
+
+
+def tables(**override):
+    base = {
+        "videos": {"video_id": [1, 2, 3], "title": ["a", "b", "c"], "category": [None, "x", "y"]},
+        "comments": {"comment_id": [10, 11, 12], "video_id": [1, 1, 2], "text": ["p", "q", "r"],
+                     "like_count": [5, 0, 2]},
+        "video_interactions": {"user_id": ["u1", "u2", "u1"], "video_id": [1, 2, 3], "timestamp": [5, 1, 6]},
+        "comment_interactions": {"user_id": ["u1", "u1"], "comment_id": [10, 12], "timestamp": [5, 5]},
+    }
+    base.update(override)
+    origin = {name: f"data/{name}.parquet" for name in base}
+    return RawTables(**{k: pa.table(v) for k, v in base.items()}, origin=origin)
+
+
+def test_clean_tables_pass_unchanged_with_zero_counts():
+    raw = tables()
+    out, counts = validate(raw)
+    assert counts == dict.fromkeys(REASONS, 0)
+    for name in ("videos", "comments", "video_interactions", "comment_interactions"):
+        assert out.table(name).equals(raw.table(name))
+    assert out.origin == raw.origin
+
+
+def test_missing_column_is_fatal():
+    with pytest.raises(DataError, match=r"data/comments\.parquet: missing column 'like_count'"):
+        validate(tables(comments={"comment_id": [10], "video_id": [1], "text": ["p"]}))
+
+
+def test_null_id_names_file_and_row():
+    vi = {"user_id": ["u1", None, "u1"], "video_id": [1, 2, 3], "timestamp": [1, 2, 3]}
+    with pytest.raises(DataError, match=r"data/video_interactions\.parquet: row 2, user_id=None: null user_id"):
+        validate(tables(video_interactions=vi))
+
+
+@pytest.mark.parametrize("title", ["", "   ", "\u3000\t", None])
+def test_blank_title_is_fatal(title):
+    videos = {"video_id": [1, 2, 3], "title": ["a", "b", title], "category": [None, None, None]}
+    with pytest.raises(DataError, match=r"data/videos\.parquet: row 3, video_id=3: empty title"):
+        validate(tables(videos=videos))
+
+
+def test_blank_comment_text_is_fatal():
+    comments = {"comment_id": [10, 11], "video_id": [1, 1], "text": ["ok", " "], "like_count": [1, 1]}
+    with pytest.raises(DataError, match=r"row 2, comment_id=11: empty text"):
+        validate(tables(comments=comments))
+
+
+def test_negative_or_null_timestamp_and_negative_likes_are_fatal():
+    ci = {"user_id": ["u1", "u2"], "comment_id": [10, 11], "timestamp": [3, -4]}
+    expected = r"comment_interactions\.parquet: row 2, user_id='u2': null or negative timestamp \(-4\)"
+    with pytest.raises(DataError, match=expected):
+        validate(tables(comment_interactions=ci))
+    vi = {"user_id": ["u1"], "video_id": [1], "timestamp": pa.array([None], pa.int64())}
+    with pytest.raises(DataError, match=r"row 1, user_id='u1': null or negative timestamp \(None\)"):
+        validate(tables(video_interactions=vi))
+    comments = {"comment_id": [10], "video_id": [1], "text": ["p"], "like_count": [-1]}
+    with pytest.raises(DataError, match=r"row 1, comment_id=10: null or negative like_count \(-1\)"):
+        validate(tables(comments=comments))
+
+
+def test_out_of_order_timestamps_strict_vs_sort():
+    # users interleave freely; only u1's own rows must not go back in time (row 4: 4 < 7)
+    vi = {"user_id": ["u1", "u2", "u1", "u1", "u2"], "video_id": [1, 2, 3, 1, 3], "timestamp": [5, 1, 7, 4, 2]}
+    raw = tables(video_interactions=vi)
+    with pytest.raises(
+        DataError,
+        match=r"video_interactions\.parquet: row 4, user_id='u1': timestamp 4 is earlier than 7 at this user's "
+        r"previous row 3;.*data\.timestamps=sort",
+    ):
+        validate(raw)
+    out, counts = validate(raw, timestamps="sort")
+    assert out.video_interactions.num_rows == 5 and sum(counts.values()) == 0
+
+
+def test_unknown_timestamp_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="data.timestamps='chrono'"):
+        validate(tables(), timestamps="chrono")
+
+
+def test_recoverable_problems_are_skipped_and_counted(caplog):
+    raw = tables(
+        # video 2 repeats (second copy dropped, the first title kept)
+        videos={"video_id": [1, 2, 2, 3], "title": ["a", "b", "b2", "c"], "category": [None] * 4},
+        # comment 11 repeats; comment 13 is under unknown video 9
+        comments={"comment_id": [10, 11, 11, 12, 13], "video_id": [1, 1, 2, 2, 9], "text": list("pqrst"),
+                  "like_count": [1, 2, 3, 4, 5]},
+        # row 2 repeats row 1 exactly; row 3 differs only in time (kept); row 4 has unknown video 8
+        video_interactions={"user_id": ["u1", "u1", "u1", "u1"], "video_id": [1, 1, 1, 8], "timestamp": [5, 5, 6, 7]},
+        # row 2 duplicates row 1; comment 13 was dropped with its video -> unknown; 99 never existed
+        comment_interactions={"user_id": ["u1", "u1", "u1", "u2"], "comment_id": [10, 10, 13, 99],
+                              "timestamp": [1, 1, 2, 3]},
+    )
+    with caplog.at_level(logging.WARNING, logger="lsvcr.data.validate"):
+        out, counts = validate(raw)
+    assert counts == {
+        "duplicate_video_id": 1,
+        "duplicate_comment_id": 1,
+        "comment_unknown_video": 1,
+        "duplicate_video_interaction": 1,
+        "video_interaction_unknown_video": 1,
+        "duplicate_comment_interaction": 1,
+        "comment_interaction_unknown_comment": 2,
+    }
+    assert out.videos["title"].to_pylist() == ["a", "b", "c"]
+    assert out.comments["comment_id"].to_pylist() == [10, 11, 12]
+    assert out.comments["like_count"].to_pylist() == [1, 2, 4]  # first copy of 11 kept
+    assert out.video_interactions["timestamp"].to_pylist() == [5, 6]
+    assert out.comment_interactions["comment_id"].to_pylist() == [10]
+    assert len(caplog.records) == 7
+    assert "data/videos.parquet: skipped 1 videos whose video_id repeats" in caplog.records[0].getMessage()
+
+
+def test_ids_of_different_integer_and_string_types_are_matched():
+    videos = {"video_id": pa.array([1, 2], pa.int32()), "title": ["a", "b"]}
+    comments = {"comment_id": ["10"], "video_id": pa.array([2], pa.int64()), "text": ["p"], "like_count": [0]}
+    vi = {"user_id": [1, 1], "video_id": ["1", "7"], "timestamp": [1, 2]}
+    ci = {"user_id": [1], "comment_id": [10], "timestamp": [1]}
+    out, counts = validate(tables(videos=videos, comments=comments, video_interactions=vi, comment_interactions=ci))
+    assert counts["video_interaction_unknown_video"] == 1 and out.video_interactions["video_id"].to_pylist() == ["1"]
+    assert counts["comment_interaction_unknown_comment"] == 0 and counts["comment_unknown_video"] == 0
+
+
+def test_source_row_column_names_rows_and_is_dropped():
+    vi = {"user_id": ["u1", "u1"], "video_id": [1, 2], "timestamp": [9, 3], ROW_COLUMN: [4, 17]}
+    expected = r"row 17, user_id='u1': timestamp 3 is earlier than 9 at this user's previous row 4;"
+    with pytest.raises(DataError, match=expected):
+        validate(tables(video_interactions=vi))
+    out, _ = validate(tables(video_interactions=vi), timestamps="sort")
+    assert out.video_interactions.column_names == ["user_id", "video_id", "timestamp"]
+
+
+def test_csv_errors_give_row_and_line(tmp_path):
+    files = {
+        "videos.csv": "video_id,title,category\n1,a,\n2,b,\n",
+        "comments.csv": "comment_id,video_id,text,like_count\n10,1,p,1\n\n11,2,,0\n",  # blank line 3
+        "video_interactions.csv": "user_id,video_id,timestamp\nu1,1,1\n",
+        "comment_interactions.csv": "user_id,comment_id,timestamp\nu1,10,1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=r"comments\.csv: row 2 \(line 4\), comment_id=11: empty text"):
+        validate(read_native(tmp_path))
