@@ -19,14 +19,26 @@ from lsvcr.data.errors import UserError
 log = logging.getLogger("lsvcr")
 
 
+def _user_error(e: BaseException) -> UserError | None:
+    """The :class:`UserError` behind ``e`` (Hydra's instantiate wraps what a ``_target_`` raises)."""
+    while e is not None:
+        if isinstance(e, UserError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def run(cfg: DictConfig):
     """Run ``cfg.stage``'s pipeline; a user error becomes one message and exit status 2."""
     pipeline = get_method(cfg.stage._target_)
     try:
         return pipeline(cfg)
-    except UserError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        err = _user_error(e)
+        if err is None:
+            raise
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -23,6 +23,7 @@ class HistoryBatch:
         c_comment: ``[N]`` every comment the user interacted with, all groups of the batch.
         c_slot: ``[N]`` flat slot ``b * Lc + j`` of each entry of ``c_comment``.
         target: ``[B]`` target video (rec: the next video; comm_rank: the video being watched).
+        user: ``[B]`` user index (for scorers that need it, e.g. an oracle or a user-ID model).
     """
 
     v_video: torch.Tensor
@@ -31,6 +32,7 @@ class HistoryBatch:
     c_comment: torch.Tensor
     c_slot: torch.Tensor
     target: torch.Tensor
+    user: torch.Tensor | None = None
 
     @property
     def v_mask(self) -> torch.Tensor:
@@ -43,7 +45,8 @@ class HistoryBatch:
         return self.c_video > 0
 
     def to(self, device: torch.device | str) -> "HistoryBatch":
-        return type(self)(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return type(self)(**{f.name: None if getattr(self, f.name) is None else
+                             getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
 
 @dataclass

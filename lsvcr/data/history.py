@@ -56,6 +56,7 @@ class HistoryGatherer:
             c_comment=torch.from_numpy(c_comment),
             c_slot=torch.from_numpy(c_slot),
             target=torch.from_numpy(samples.target[rows].astype(np.int64)),
+            user=torch.from_numpy(user),
         )
 
     def _video_history(self, user: np.ndarray, end: np.ndarray) -> np.ndarray:

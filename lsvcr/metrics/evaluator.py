@@ -6,8 +6,8 @@ A *scorer* answers two questions (popularity, random, a fine-tuned SR, ...)::
         (candidates None = every video: returns [B, V+1], column 0 = padding, ignored)
     score_comments(history: HistoryBatch, candidates: LongTensor[B, K]) -> Tensor[B, K]
 
-Candidates of the sampled protocol are drawn once per split from ``seed``, so every evaluation of
-every run (and every process layout) sees the same ones. With several processes each rank takes
+Candidates of the sampled protocol are a pure function of (seed, split, sample row), so every
+evaluation of every run, whatever its batch size or process layout, sees the same ones. With several processes each rank takes
 a contiguous shard of the samples and the metric *sums* are all-reduced.
 """
 
@@ -68,23 +68,21 @@ class Evaluator:
         if task not in ("rec", "comm_rank"):
             raise ValueError(f"task must be rec or comm_rank, got {task!r}")
         self.ds, self.gatherer, self.task, self.cfg, self.device = ds, gatherer, task, cfg, torch.device(device)
-        self._cache: dict[tuple[str, str], tuple] = {}
 
-    def _candidates(self, split: str, protocol: str, samples: SampleSet):
-        """``(candidates [N, K], is_positive [N, K])``; ``None`` for full-ranking rec."""
-        key = (split, protocol)
-        if key not in self._cache:
-            seed = self.cfg.seed + (0 if split == "val" else 1)
-            if self.task == "rec":
-                cands = None if protocol == "full" else sample_video_candidates(
-                    np.asarray(samples.target), self.ds.num_videos, self.cfg.rec_sampled_negatives, seed)
-                self._cache[key] = (cands, None)
-            else:
-                self._cache[key] = sample_comment_candidates(
-                    np.asarray(samples.target), np.asarray(samples.pos_ptr), np.asarray(samples.pos),
-                    np.asarray(self.ds.video_comment_ptr), np.asarray(self.ds.video_comments),
-                    self.cfg.comm_max_candidates if protocol == "sampled" else None, seed)
-        return self._cache[key]
+    def _candidates(self, split: str, protocol: str, samples: SampleSet, idx: np.ndarray):
+        """``(candidates [b, K], is_positive [b, K])`` of rows ``idx``; candidates ``None`` for
+        full-ranking rec. Drawn from (seed, split, row), so any batching gives the same ones."""
+        seed = self.cfg.seed + (0 if split == "val" else 1)
+        if self.task == "rec":
+            if protocol == "full":
+                return None, None
+            return sample_video_candidates(np.asarray(samples.target[idx]), self.ds.num_videos,
+                                           self.cfg.rec_sampled_negatives, seed, rows=idx), None
+        sub = samples.subset(idx)
+        return sample_comment_candidates(
+            sub.target, sub.pos_ptr, sub.pos, np.asarray(self.ds.video_comment_ptr),
+            np.asarray(self.ds.video_comments), self.cfg.comm_max_candidates if protocol == "sampled" else None,
+            seed, rows=idx)
 
     def _metrics(self) -> RankingMetrics:
         return RankingMetrics(ks=self.cfg.recall_ks, ndcg_ks=self.cfg.ndcg_ks, mrr_ks=self.cfg.mrr_ks)
@@ -96,19 +94,19 @@ class Evaluator:
         rows = _shard(len(samples))
         out = {}
         for protocol in self.cfg.protocols:
-            cands, labels = self._candidates(split, protocol, samples)
             metrics = self._metrics()
             batches = range(0, len(rows), self.cfg.batch_size)
             for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress,
                            leave=False):
                 idx = rows[lo: lo + self.cfg.batch_size]
                 history = self.gatherer(samples, idx).to(self.device)
+                cands, labels = self._candidates(split, protocol, samples, idx)
                 if self.task == "rec":
-                    ranks = self._rec_ranks(scorer, history, None if cands is None else cands[idx])
+                    ranks = self._rec_ranks(scorer, history, cands)
                     metrics.update(ranks[:, None], torch.ones_like(ranks))
                 else:
-                    c = torch.from_numpy(cands[idx]).to(self.device)
-                    lab = torch.from_numpy(labels[idx]).to(self.device)
+                    c = torch.from_numpy(cands).to(self.device)
+                    lab = torch.from_numpy(labels).to(self.device)
                     scores = scorer.score_comments(history, c).float()
                     metrics.update(ranks_multi(scores, lab, c > 0), lab.sum(1))
             out[protocol] = metrics.synced().compute()
@@ -137,7 +135,7 @@ def _slice_history(h: HistoryBatch, lo: int, hi: int) -> HistoryBatch:
     width = h.c_video.shape[1]
     keep = (h.c_slot >= lo * width) & (h.c_slot < hi * width)
     return HistoryBatch(h.v_video[lo:hi], h.v_comment[lo:hi], h.c_video[lo:hi], h.c_comment[keep],
-                        h.c_slot[keep] - lo * width, h.target[lo:hi])
+                        h.c_slot[keep] - lo * width, h.target[lo:hi], None if h.user is None else h.user[lo:hi])
 
 
 def format_table(rows: dict[str, dict[str, float]], keys: list[str] | None = None) -> str:

@@ -1,0 +1,35 @@
+"""Shared fixtures: a small prepared synthetic world, and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny sizes every CLI test uses, so each run takes seconds on 2 cores
+TINY = ["data.num_users=150", "data.num_videos=200", "eval.protocols=[sampled,full]"]
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A prepared 300-user synthetic world and its ground truth."""
+    from lsvcr.data.builder import write_dataset
+    from lsvcr.data.samples import SplitConfig
+    from lsvcr.data.store import PreparedDataset
+    from lsvcr.data.synthetic import SyntheticConfig, generate
+
+    raw, truth = generate(SyntheticConfig(num_users=300, num_videos=400, seed=7))
+    path = write_dataset(raw, tmp_path_factory.mktemp("world") / "ds", SplitConfig("loo"))
+    return PreparedDataset(path), truth
+
+
+def run_cli(args: list[str], out_dir: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m lsvcr.main`` with outputs under ``out_dir``; returns the finished process."""
+    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LSVCR_OUTPUT_DIR": str(out_dir),
+         "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lsvcr.main", *args], cwd=REPO, env=e, capture_output=True,
+                          text=True, timeout=timeout)
