@@ -1,0 +1,151 @@
+"""Contrastive and ranking losses shared by the alignment and fine-tuning stages.
+
+All InfoNCE variants L2-normalise their inputs and divide cosine similarities by a temperature.
+The in-batch variants (:func:`batch_info_nce`, :func:`symmetric_info_nce`) draw their negatives
+from every process: keys are all-gathered with :func:`gather_with_grad`, whose backward sums the
+gradients that every rank's loss sends to a row and hands each rank the rows it owns.
+
+Distributed convention: each rank's loss is ``(sum of its rows' terms) * world_size / N_global``.
+Data-parallel engines (DDP, DeepSpeed) average gradients over ranks, so the parameters receive
+exactly the gradient of the mean over all ``N_global`` rows, also when ranks hold different
+numbers of rows; with equal shards the per-rank value is the plain local mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _dist_active(group=None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather rows of possibly different counts per rank; backward = all-reduce + local slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: list[int], group) -> Tensor:
+        ctx.group, ctx.sizes, ctx.rank = group, sizes, dist.get_rank(group)
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        buffers = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(buffers, padded, group=group)
+        return torch.cat([b[:n] for b, n in zip(buffers, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Every rank's loss depends on every gathered row, so a row's gradient is the sum over ranks.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def _gather(x: Tensor, group=None) -> tuple[Tensor, int, int]:
+    """Returns (rows of all ranks in rank order, offset of the local rows, world size)."""
+    if not _dist_active(group):
+        return x, 0, 1
+    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, size, group=group)
+    sizes = [int(s.item()) for s in sizes]
+    rank = dist.get_rank(group)
+    return _GatherWithGrad.apply(x.contiguous(), sizes, group), sum(sizes[:rank]), len(sizes)
+
+
+def gather_with_grad(x: Tensor, group=None) -> Tensor:
+    """All-gather ``x [n_r, ...]`` from every rank into ``[sum_r n_r, ...]`` (rank order).
+
+    Gradients flow back to the local shard (summed over every rank's use of it). Ranks may hold
+    different numbers of rows. Identity when torch.distributed is not initialised or has one rank.
+    """
+    return _gather(x, group)[0]
+
+
+def info_nce(query: Tensor, keys: Tensor, positive_index: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE of ``query [N, d]`` against all ``keys [M, d]``; row i's positive is
+    ``keys[positive_index[i]]`` and every other key is a negative."""
+    logits = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T / temperature
+    return F.cross_entropy(logits, positive_index)
+
+
+def info_nce_sampled(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE with per-row negatives: ``query [N, d]``, ``positive [N, d]``,
+    ``negatives [N, K, d]``; the positive competes with its row's K negatives."""
+    q = F.normalize(query, dim=-1)
+    pos = (q * F.normalize(positive, dim=-1)).sum(-1, keepdim=True)
+    neg = torch.einsum("nd,nkd->nk", q, F.normalize(negatives, dim=-1))
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros_like(logits[:, 0], dtype=torch.long))
+
+
+def batch_info_nce(query: Tensor, keys: Tensor, temperature: float, group=None) -> Tensor:
+    """One-way in-batch InfoNCE: local ``query [B, d]`` row i's positive is local ``keys[i]``;
+    the negatives are the keys of every row on every rank (see the module's distributed
+    convention for how the value is scaled)."""
+    all_keys, offset, world = _gather(keys, group)
+    logits = F.normalize(query, dim=-1) @ F.normalize(all_keys, dim=-1).T / temperature
+    target = offset + torch.arange(query.shape[0], device=query.device)
+    terms = F.cross_entropy(logits, target, reduction="sum")
+    return terms * world / all_keys.shape[0]
+
+
+def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float, group=None) -> Tensor:
+    """``(InfoNCE(a -> b) + InfoNCE(b -> a)) / 2`` with in-batch negatives from all ranks.
+
+    ``a [B, d]`` and ``b [B, d]`` are two views of the same B samples (row i of ``a`` matches row
+    i of ``b``); B may differ between ranks.
+    """
+    return (batch_info_nce(a, b, temperature, group) + batch_info_nce(b, a, temperature, group)) / 2
+
+
+def behaviour_contrast(anchor: Tensor, positive_view: Tensor, negative_view: Tensor, temperature: float) -> Tensor:
+    """Cross-entropy over two candidates per row: ``anchor [B, d]`` should be closer (cosine /
+    temperature) to ``positive_view [B, d]`` than to ``negative_view [B, d]``."""
+    a = F.normalize(anchor, dim=-1)
+    pos = (a * F.normalize(positive_view, dim=-1)).sum(-1)
+    neg = (a * F.normalize(negative_view, dim=-1)).sum(-1)
+    logits = torch.stack([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros_like(pos, dtype=torch.long))
+
+
+def multi_positive_ce(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Cross-entropy over candidates with one or more positives per row.
+
+    ``logits [B, K]``; ``labels [B, K]`` bool, True at positives; ``mask [B, K]`` bool, False at
+    padded candidates. Each positive competes with its row's negatives only (other positives are
+    left out of its softmax), so with a single positive this is the ordinary cross-entropy.
+    Terms are averaged over a row's positives, then over the rows that have any.
+    """
+    valid = torch.ones_like(labels) if mask is None else mask
+    pos = labels & valid
+    neg = ~labels & valid
+    low = torch.finfo(logits.dtype).min
+    neg_lse = logits.masked_fill(~neg, low).logsumexp(dim=1, keepdim=True)  # [B, 1]
+    # -log(e^s / (e^s + sum_neg e^n)) = softplus(lse_neg - s)
+    terms = F.softplus(neg_lse - logits).masked_fill(~pos, 0.0)
+    n_pos = pos.sum(1)
+    has_pos = n_pos > 0
+    per_row = terms.sum(1) / n_pos.clamp(min=1)
+    return (per_row * has_pos).sum() / has_pos.sum().clamp(min=1)
+
+
+def sample_other_indices(n: int, k: int, device=None, generator: torch.Generator | None = None) -> Tensor:
+    """``[n, min(k, n - 1)]`` indices; row i never contains i.
+
+    When ``k >= n - 1`` every other index appears exactly once; otherwise indices are drawn
+    uniformly from the n - 1 others, with replacement. Drawing an offset in ``1..n-1`` and adding
+    it to i modulo n costs O(n * k), instead of the O(n^2) random matrix the official code sorts.
+    """
+    k = min(k, n - 1)
+    rows = torch.arange(n, device=device).unsqueeze(1)
+    if k <= 0:
+        return rows[:, :0]
+    if k == n - 1:
+        offsets = torch.arange(1, n, device=device).expand(n, k)
+    else:
+        offsets = torch.randint(1, n, (n, k), device=device, generator=generator)
+    return (rows + offsets) % n

@@ -1,0 +1,271 @@
+"""The LSVCR sequential recommender (DESIGN section 3).
+
+Two history streams, each position built from text embeddings:
+
+- video history: (title, hot comment) of each watched video;
+- comment history: (title, mean of the user's comments) of each video whose comments they used.
+
+A shared adapter (E -> d, no bias) maps every text embedding; a merge layer (2d -> d) joins the
+two parts; position embeddings (and, in fine-tuning, ``gate * id_embedding``) are added; each
+stream has its own causal Transformer encoder; mix layers let each stream cross-attend to the
+other; read-outs pool the streams into a user representation per task.
+
+Alignment builds the model with ``use_ids=False, random_positions=True``; fine-tuning with
+``use_ids=True`` and loads the aligned weights with :meth:`LSVCR.load_aligned`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lsvcr.losses.contrastive import info_nce_sampled, sample_other_indices
+from lsvcr.models.sr.inputs import SRInputs
+from lsvcr.models.sr.layers import (
+    AdditivePooling,
+    MultiHeadAttention,
+    SequentialRecommender,
+    TransformerEncoder,
+    init_weights,
+)
+
+#: parameters that exist only with ID embeddings (absent from an alignment checkpoint)
+ID_KEYS = ("id_embedding.weight", "gate")
+#: module prefixes that exist only with the comment-history stream
+COMMENT_PREFIXES = ("c_position.", "c_norm.", "comment_encoder.", "video_mix.", "comment_mix.", "video_out.", "comment_out.")
+
+
+@dataclass
+class SRReadouts:
+    """The four read-outs (``[B, d]`` each, not normalised); the comment-stream ones are None
+    without a comment history stream.
+
+    Attributes:
+        video_pool: additive-attention pooling over the video stream (the rec representation).
+        video_query: target-video query attention over the video stream.
+        comment_pool: additive-attention pooling over the comment stream.
+        comment_query: target-video query attention over the comment stream (the comm_rank one).
+    """
+
+    video_pool: Tensor
+    video_query: Tensor
+    comment_pool: Tensor | None
+    comment_query: Tensor | None
+
+
+class LSVCR(SequentialRecommender):
+    """LSVCR's SR. Inputs are :class:`SRInputs`; representations have size ``hidden_size``."""
+
+    def __init__(
+        self,
+        num_videos: int,
+        llm_emb_size: int = 256,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        num_mix_layers: int = 1,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+        max_position: int = 50,
+        temperature: float = 0.07,
+        use_ids: bool = True,
+        use_comment_history: bool = True,
+        random_positions: bool = False,
+        layer_norm_eps: float = 1e-8,
+    ):
+        super().__init__()
+        self.num_videos = num_videos
+        self.max_position = max_position
+        self.temperature = temperature
+        self.use_ids = use_ids
+        self.use_comment_history = use_comment_history
+        self.random_positions = random_positions
+        d, eps = hidden_size, layer_norm_eps
+
+        def encoder(n: int) -> TransformerEncoder:
+            return TransformerEncoder(n, d, num_heads, inner_size, dropout, attn_dropout, eps)
+
+        self.adapter = nn.Linear(llm_emb_size, d, bias=False)
+        self.merge = nn.Linear(2 * d, d)
+        self.dropout = nn.Dropout(dropout)
+        if use_ids:
+            self.id_embedding = nn.Embedding(num_videos + 1, d, padding_idx=0)
+            self.gate = nn.Parameter(torch.tensor(1.0))
+        self.v_position = nn.Embedding(max_position, d)
+        self.v_norm = nn.LayerNorm(d, eps=eps)
+        self.video_encoder = encoder(num_layers)
+        if use_comment_history:
+            self.c_position = nn.Embedding(max_position, d)
+            self.c_norm = nn.LayerNorm(d, eps=eps)
+            self.comment_encoder = encoder(num_layers)
+            self.video_mix = encoder(num_mix_layers)
+            self.comment_mix = encoder(num_mix_layers)
+            self.video_out = nn.Linear(2 * d, d)
+            self.comment_out = nn.Linear(2 * d, d)
+        # One pooling and one query-attention head serve both streams, so the alignment's
+        # behaviour contrast compares the same read-out over different evidence.
+        self.pooling = AdditivePooling(d, 2 * d, dropout, eps)
+        self.query_attention = MultiHeadAttention(d, num_heads, dropout, attn_dropout, eps)
+        self.apply(init_weights)
+
+    # ---------------------------------------------------------------- embeddings of items
+
+    def _video_embed(self, ids: Tensor | None, title_emb: Tensor) -> Tensor:
+        """Un-normalised video representation ``[..., d]``: ``gate * id_emb + adapter(title)``."""
+        x = self.adapter(title_emb)
+        if self.use_ids:
+            if ids is None:
+                raise ValueError("this LSVCR uses ID embeddings: pass the video ids")
+            x = x + self.gate * self.id_embedding(ids)
+        return x
+
+    def video_repr(self, ids: Tensor | None, title_emb: Tensor) -> Tensor:
+        """Candidate videos: ``ids [...]`` (ignored without IDs), ``title_emb [..., E]`` -> ``[..., d]``."""
+        return F.normalize(self._video_embed(ids, title_emb), dim=-1)
+
+    def comment_repr(self, comment_emb: Tensor) -> Tensor:
+        """Candidate comments: ``comment_emb [..., E]`` -> ``[..., d]``."""
+        return F.normalize(self.adapter(comment_emb), dim=-1)
+
+    def video_table_repr(self, video_emb_table: Tensor) -> Tensor:
+        """Every video for full ranking: ``[V+1, E]`` (row i = video i) -> ``[V+1, d]``."""
+        ids = None
+        if self.use_ids:
+            if video_emb_table.shape[0] != self.num_videos + 1:
+                raise ValueError(
+                    f"video table has {video_emb_table.shape[0]} rows, the model has {self.num_videos} videos (+1 pad)"
+                )
+            ids = torch.arange(video_emb_table.shape[0], device=video_emb_table.device)
+        return self.video_repr(ids, video_emb_table)
+
+    # ---------------------------------------------------------------- history encoding
+
+    def _positions(self, batch: int, length: int, device) -> Tensor:
+        """``[B, L]`` position ids: 0..L-1, or in training with ``random_positions`` a sorted
+        random subset of 0..max_position-1 per sample (robust to unseen history lengths)."""
+        if length > self.max_position:
+            raise ValueError(f"history length {length} exceeds max_position {self.max_position}")
+        if self.training and self.random_positions:
+            perm = torch.rand(batch, self.max_position, device=device).argsort(dim=-1)
+            return perm[:, :length].sort(dim=-1).values
+        return torch.arange(length, device=device).expand(batch, length)
+
+    def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, position: nn.Embedding, norm: nn.LayerNorm) -> Tensor:
+        """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input ``[B, L, d]``."""
+        x = self.merge(torch.cat([self.adapter(title), self.adapter(comment)], dim=-1))
+        x = x + position(self._positions(ids.shape[0], ids.shape[1], ids.device))
+        if self.use_ids:
+            x = x + self.gate * self.id_embedding(ids)
+        return self.dropout(norm(x))
+
+    def encode(self, inputs: SRInputs) -> tuple[Tensor, Tensor | None]:
+        """Stream states: video ``[B, Lv, d]`` and comment ``[B, Lc, d]`` (None without the
+        comment stream). States at padded positions are meaningless and never read."""
+        if inputs.v_title is None or inputs.c_title is None or inputs.target_title is None:
+            raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
+        x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, self.v_position, self.v_norm)
+        h_v = self.video_encoder(x_v, inputs.v_mask, causal=True)
+        if not self.use_comment_history:
+            return h_v, None
+        x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, self.c_position, self.c_norm)
+        h_c = self.comment_encoder(x_c, inputs.c_mask, causal=True)
+        v_mixed = self.video_mix(h_v, inputs.c_mask, kv=h_c)
+        c_mixed = self.comment_mix(h_c, inputs.v_mask, kv=h_v)
+        return (
+            self.video_out(torch.cat([h_v, v_mixed], dim=-1)),
+            self.comment_out(torch.cat([h_c, c_mixed], dim=-1)),
+        )
+
+    def _query(self, inputs: SRInputs) -> Tensor:
+        """The target video as attention query ``[B, 1, d]``."""
+        return self._video_embed(inputs.target_ids, inputs.target_title).unsqueeze(1)
+
+    def _query_readout(self, query: Tensor, states: Tensor, mask: Tensor) -> Tensor:
+        """``query [B, 1, d]`` attends over ``states [B, L, d]`` where ``mask [B, L]`` -> ``[B, d]``."""
+        return self.query_attention(query, states, mask.unsqueeze(1)).squeeze(1)
+
+    def readouts(self, inputs: SRInputs) -> SRReadouts:
+        """All four read-outs, for the alignment's behaviour contrast."""
+        v, c = self.encode(inputs)
+        query = self._query(inputs)
+        return SRReadouts(
+            video_pool=self.pooling(v, inputs.v_mask),
+            video_query=self._query_readout(query, v, inputs.v_mask),
+            comment_pool=None if c is None else self.pooling(c, inputs.c_mask),
+            comment_query=None if c is None else self._query_readout(query, c, inputs.c_mask),
+        )
+
+    def user_repr(self, inputs: SRInputs, task: str) -> Tensor:
+        """Normalised user representation ``[B, d]`` for ``task`` in {"rec", "comm_rank"}.
+
+        rec: pooling over the video stream; comm_rank: target-video query attention over the
+        comment stream (over the video stream without comment history).
+        """
+        if task not in ("rec", "comm_rank"):
+            raise ValueError(f"unknown task '{task}' (expected 'rec' or 'comm_rank')")
+        v, c = self.encode(inputs)
+        if task == "rec":
+            out = self.pooling(v, inputs.v_mask)
+        elif c is None:
+            out = self._query_readout(self._query(inputs), v, inputs.v_mask)
+        else:
+            out = self._query_readout(self._query(inputs), c, inputs.c_mask)
+        return F.normalize(out, dim=-1)
+
+    # ---------------------------------------------------------------- fine-tuning extras
+
+    def id_text_loss(self, inputs: SRInputs, num_negatives: int = 99, generator: torch.Generator | None = None) -> Tensor:
+        """InfoNCE between ID embeddings and ``adapter(title)`` of the batch's unique history
+        videos (both streams), both directions; each video's negatives are other unique videos
+        of the batch (``min(num_negatives, U - 1)`` of them, never itself). Unweighted scalar."""
+        if not self.use_ids:
+            raise ValueError("id_text_loss needs ID embeddings (use_ids=True)")
+        ids = torch.cat([inputs.v_ids[inputs.v_mask], inputs.c_ids[inputs.c_mask]])
+        titles = torch.cat([inputs.v_title[inputs.v_mask], inputs.c_title[inputs.c_mask]])
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        if unique.numel() < 2:
+            return self.id_embedding.weight.sum() * 0.0
+        # A video's title embedding is the same at every position; take its first occurrence.
+        order = torch.arange(ids.numel(), device=ids.device)
+        first = torch.full_like(unique, ids.numel()).scatter_reduce(0, inverse, order, reduce="amin")
+        id_emb = self.id_embedding(unique)  # [U, d]
+        text_emb = self.adapter(titles[first])  # [U, d]
+        n = unique.numel()
+        neg_text = sample_other_indices(n, num_negatives, ids.device, generator)
+        neg_id = sample_other_indices(n, num_negatives, ids.device, generator)
+        id_to_text = info_nce_sampled(id_emb, text_emb, text_emb[neg_text], self.temperature)
+        text_to_id = info_nce_sampled(text_emb, id_emb, id_emb[neg_id], self.temperature)
+        return (id_to_text + text_to_id) / 2
+
+    def load_aligned(self, state_dict: dict[str, Tensor]) -> None:
+        """Load an alignment-stage SR state (no ID embeddings) into this model.
+
+        Position tables are resized to this model's ``max_position`` (new rows = mean of the old
+        rows; extra rows dropped). Exactly the ID parameters may be missing, and the comment
+        stream's only when this model has none; anything else raises ``ValueError``.
+        """
+        state = dict(state_dict)
+        for key in ("v_position.weight", "c_position.weight"):
+            if key in state:
+                state[key] = _fit_rows(state[key], self.max_position)
+        result = self.load_state_dict(state, strict=False)
+        allowed_missing = set(ID_KEYS) if self.use_ids else set()
+        missing = set(result.missing_keys) - allowed_missing
+        unexpected = [k for k in result.unexpected_keys if self.use_comment_history or not k.startswith(COMMENT_PREFIXES)]
+        if missing or unexpected:
+            raise ValueError(
+                f"aligned SR state does not fit: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+
+
+def _fit_rows(weight: Tensor, rows: int) -> Tensor:
+    """``[P, d]`` -> ``[rows, d]``: truncated, or extended with copies of the mean row."""
+    if weight.shape[0] >= rows:
+        return weight[:rows].clone()
+    extra = weight.mean(dim=0, keepdim=True).expand(rows - weight.shape[0], -1)
+    return torch.cat([weight, extra])

@@ -1,0 +1,84 @@
+"""SASRec (Kang & McAuley 2018), the ID-only baseline, as RecBole implements it.
+
+Item embedding + learned positions, LayerNorm, dropout, a causal post-LN Transformer, and the
+state at the last real position as the user representation. Scores are raw dot products with the
+item embeddings (RecBole's convention; no normalisation, temperature 1). It reads only the video
+history's ids, so it answers ``task="rec"`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from lsvcr.models.sr.inputs import SRInputs
+from lsvcr.models.sr.layers import SequentialRecommender, TransformerEncoder, init_weights
+
+
+def _task_error(task: str) -> ValueError:
+    return ValueError(f"SASRec is an ID-only video recommender and cannot do task '{task}'; use task=rec")
+
+
+class SASRec(SequentialRecommender):
+    """ID-only sequential recommender over the video history."""
+
+    uses_text = False
+
+    def __init__(
+        self,
+        num_videos: int,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        dropout: float = 0.2,
+        attn_dropout: float = 0.2,
+        max_position: int = 50,
+        layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.num_videos = num_videos
+        self.max_position = max_position
+        self.temperature = 1.0
+        self.item_embedding = nn.Embedding(num_videos + 1, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_position, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = TransformerEncoder(
+            num_layers, hidden_size, num_heads, inner_size, dropout, attn_dropout, layer_norm_eps
+        )
+        self.apply(init_weights)
+
+    def user_repr(self, inputs: SRInputs, task: str) -> Tensor:
+        """State at the last real video-history position ``[B, d]`` (not normalised)."""
+        if task != "rec":
+            raise _task_error(task)
+        ids, mask = inputs.v_ids, inputs.v_mask
+        b, length = ids.shape
+        if length > self.max_position:
+            raise ValueError(f"history length {length} exceeds max_position {self.max_position}")
+        positions = torch.arange(length, device=ids.device).expand(b, length)
+        x = self.dropout(self.norm(self.item_embedding(ids) + self.position_embedding(positions)))
+        states = self.encoder(x, mask, causal=True)  # [B, L, d]
+        # Right padding: the last real item sits at (number of real items - 1); an empty
+        # history reads position 0, whose state attends to nothing real.
+        last = (mask.sum(dim=1) - 1).clamp(min=0)
+        return states[torch.arange(b, device=ids.device), last]
+
+    def video_repr(self, ids: Tensor, title_emb: Tensor | None = None) -> Tensor:
+        """Candidate videos: ``ids [...]`` -> ``[..., d]`` (``title_emb`` is ignored)."""
+        return self.item_embedding(ids)
+
+    def video_table_repr(self, video_emb_table: Tensor | None = None) -> Tensor:
+        """Every video: ``[V+1, d]`` (the table argument is ignored)."""
+        return self.item_embedding.weight
+
+    def comment_repr(self, comment_emb: Tensor) -> Tensor:
+        raise _task_error("comm_rank")
+
+    def comm_rank_loss(self, user: Tensor, candidate_repr: Tensor, labels=None, mask=None) -> Tensor:
+        raise _task_error("comm_rank")
+
+    def id_text_loss(self, inputs: SRInputs, num_negatives: int = 99, generator=None) -> Tensor:
+        raise ValueError("SASRec has no text inputs; set id_text_loss_weight=0")
