@@ -1,0 +1,117 @@
+"""The LLM text encoder (DESIGN section 4): an item's text -> mean-pooled LLM state -> ``llm_emb_mlp``.
+
+The same module serves the alignment stage (inside the training step, so gradients reach the LoRA
+weights through the SR) and the embedding stage (once per title and comment, under inference mode).
+Tokenisation goes through :func:`encode_texts` in both, so the two see identical token ids.
+
+Pooling runs the LM's decoder only (no LM head: a 150k-word vocabulary would cost ``N x T x V``
+logits for nothing) with position ids counted over real tokens, so an item's embedding does not
+depend on the padding side or on how much padding its batch needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_OUT_DIM = 256
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str | None], max_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated to ``max_length`` (the tokenizer's own special tokens included).
+
+    A text with no tokens (empty or ``None``) becomes the single EOS token: every item gets a
+    defined embedding, and an all-padding row (which would pool to 0/0) cannot occur.
+    """
+    ids = tokenizer([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    return [list(row) if len(row) else [eos] for row in ids]
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> dict[str, torch.Tensor]:
+    """Pad token-id lists into ``input_ids`` / ``attention_mask`` tensors, both ``[N, T]`` (T = longest)."""
+    width = max((len(row) for row in ids), default=0)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        if not len(row):
+            continue
+        cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, cols] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def encode_texts(tokenizer, texts: Sequence[str | None], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise and pad (on the tokenizer's ``padding_side``): ``input_ids``, ``attention_mask`` ``[N, T]``."""
+    ids = tokenize_texts(tokenizer, texts, max_length)
+    return pad_ids(ids, tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
+
+
+def _unwrap(llm: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(llm, "get_base_model", None)
+    return get_base() if callable(get_base) else llm
+
+
+def decoder_hidden_states(llm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden state (after the final norm) of a causal LM's decoder, ``[N, T, H]``.
+
+    ``llm`` is a transformers causal LM, possibly PEFT-wrapped. Position ids count real tokens
+    (``cumsum(mask) - 1``), so left and right padding give the same states at real tokens.
+    ChatGLM's decoder returns ``[T, N, H]``; it is transposed back.
+    """
+    model = _unwrap(llm)
+    decoder = model.base_model
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = out[0]  # last_hidden_state, for ModelOutput and tuple returns alike
+    if getattr(model.config, "model_type", None) == "chatglm":
+        hidden = hidden.transpose(0, 1)
+    return hidden
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [N, T, H]`` over positions where ``attention_mask [N, T]`` is 1 -> ``[N, H]`` float32.
+
+    Padded positions are selected away (not multiplied by 0), so a non-finite state at a pad
+    cannot leak into the mean.
+    """
+    keep = attention_mask.bool().unsqueeze(-1)
+    total = torch.where(keep, hidden.float(), 0.0).sum(dim=1)
+    return total / keep.sum(dim=1).clamp(min=1)
+
+
+class LLMTextEncoder(nn.Module):
+    """Causal LM (possibly LoRA-wrapped) + ``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out_dim).
+
+    Args:
+        llm: a transformers causal LM (or its PEFT wrapper).
+        out_dim: embedding size handed to the SR (``llm_emb_size``, 256 in the paper).
+        hidden_size: the LM's hidden size; read from ``llm.config`` when omitted.
+    """
+
+    def __init__(self, llm: nn.Module, out_dim: int = DEFAULT_OUT_DIM, hidden_size: int | None = None):
+        super().__init__()
+        self.llm = llm
+        self.hidden_size = int(hidden_size or llm.config.hidden_size)
+        self.out_dim = int(out_dim)
+        inner = max(1, self.hidden_size // 4)
+        self.llm_emb_mlp = nn.Sequential(nn.Linear(self.hidden_size, inner), nn.GELU(), nn.Linear(inner, self.out_dim))
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens of the LM's last hidden state: ``[N, T]`` -> ``[N, hidden]`` float32."""
+        return masked_mean(decoder_hidden_states(self.llm, input_ids, attention_mask), attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` ``[N, T]`` -> embeddings ``[N, out_dim]``.
+
+        With ``return_hidden`` also the mean-pooled LM state ``[N, hidden]`` (float32).
+        """
+        hidden = self.pooled(input_ids, attention_mask)
+        emb = self.llm_emb_mlp(hidden.to(self.llm_emb_mlp[0].weight.dtype))
+        return (emb, hidden) if return_hidden else emb
