@@ -51,12 +51,19 @@ class HistoryBatch:
 
 @dataclass
 class RecBatch:
-    """A video-recommendation batch: histories and the target video (``history.target``)."""
+    """A video-recommendation batch.
+
+    Attributes:
+        history: histories; ``history.target`` is the next video.
+        candidates: ``[B, 1+K]`` the target (column 0) and K sampled negative videos, or None
+            for a softmax over every video.
+    """
 
     history: HistoryBatch
+    candidates: torch.Tensor | None = None
 
     def to(self, device) -> "RecBatch":
-        return RecBatch(self.history.to(device))
+        return RecBatch(self.history.to(device), None if self.candidates is None else self.candidates.to(device))
 
 
 @dataclass

@@ -75,8 +75,9 @@ def load_dataset(cfg: DictConfig) -> PreparedDataset:
 
 def build(node: DictConfig, **kwargs):
     """Instantiate a config node with a ``_target_``, leaving out its descriptive ``name``."""
-    node = OmegaConf.masked_copy(node, [k for k in node if k != "name"])
-    return instantiate(node, **kwargs)
+    resolved = OmegaConf.to_container(node, resolve=True)  # resolve against the full config first
+    resolved.pop("name", None)
+    return instantiate(resolved, **kwargs)
 
 
 def eval_config(cfg: DictConfig) -> EvalConfig:

@@ -1,0 +1,201 @@
+"""stage=finetune: train an SR for one task with Accelerate, select on validation, test the best.
+
+    lsvcr stage=finetune task=rec model/sr=lsvcr
+    lsvcr stage=finetune task=comm_rank model/sr=lsvcr
+    lsvcr stage=finetune task=rec model/sr=sasrec
+    lsvcr stage=finetune task=rec finetune.init_from=<align run>      # the aligned SR
+    lsvcr stage=finetune hardware=cpu_ddp hardware.nproc_per_node=2   # several processes
+
+Run directory: ``best/model.safetensors`` (the selected weights), ``last/`` (weights, optimizer and
+scheduler state and counters after the latest epoch, for ``finetune.resume``), ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from lsvcr.data.errors import ConfigError
+from lsvcr.data.history import HistoryGatherer
+from lsvcr.data.loader import TrainBatches
+from lsvcr.metrics.evaluator import Evaluator, format_table
+from lsvcr.models.recommender import Recommender
+from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
+from lsvcr.utils.loggers import is_rank_zero
+
+log = logging.getLogger("lsvcr")
+
+
+def build_recommender(cfg: DictConfig, ds) -> Recommender:
+    """The SR of ``model/sr`` with its text tables (and the aligned weights of ``finetune.init_from``)."""
+    if "_target_" not in cfg.model.sr or cfg.model.sr._target_.startswith(("lsvcr.models.popularity", "lsvcr.models.random")):
+        raise ConfigError(f"model/sr={cfg.model.sr.name} has nothing to fine-tune; use stage=evaluate")
+    longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
+    if cfg.model.sr.get("max_position", longest) < longest:
+        raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
+                          f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
+    sr = build(cfg.model.sr, num_videos=ds.num_videos)
+    video = comment = projection = None
+    if sr.uses_text:
+        from lsvcr.pipelines.embed import ensure_tables
+
+        v, c, _ = ensure_tables(cfg, ds)
+        video, comment = torch.from_numpy(np.array(v, np.float32)), torch.from_numpy(np.array(c, np.float32))
+    if cfg.finetune.get("init_from"):
+        from lsvcr.pipelines.align import load_aligned_sr
+
+        projection = load_aligned_sr(cfg, sr, cfg.finetune.init_from, table_width=None if video is None else video.shape[1])
+    elif video is not None and video.shape[1] != sr.adapter.in_features:
+        raise ConfigError(f"text tables are {video.shape[1]} wide but model.sr.llm_emb_size={sr.adapter.in_features}; "
+                          "a wider table needs the llm_emb_mlp of an alignment run (finetune.init_from)")
+    return Recommender(sr, video, comment, projection, cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
+
+
+def _accelerator(cfg: DictConfig) -> Accelerator:
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.hardware.get("precision", "fp32")]
+    return Accelerator(cpu=cfg.hardware.get("accelerator", "cpu") == "cpu", mixed_precision=precision)
+
+
+def _optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+    sched = get_scheduler(o.scheduler, opt, num_warmup_steps=int(o.warmup_ratio * total_steps),
+                          num_training_steps=total_steps)
+    return opt, sched
+
+
+class _State:
+    """Counters that make a run resumable: next epoch, best score and where, evaluations without gain."""
+
+    def __init__(self, epoch=0, step=0, best=-math.inf, best_epoch=-1, bad=0):
+        self.epoch, self.step, self.best, self.best_epoch, self.bad = epoch, step, best, best_epoch, bad
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def _save(dir_: Path, model: Recommender, opt=None, sched=None, state: _State | None = None) -> None:
+    if not is_rank_zero():
+        return
+    dir_.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, dir_ / "model.safetensors")
+    if opt is not None:
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, dir_ / "trainer.pt")
+        (dir_ / "state.json").write_text(json.dumps(state.as_dict()))
+
+
+def _resume(path: Path, model: Recommender, opt, sched) -> _State:
+    last = path / "last"
+    if not (last / "state.json").exists():
+        raise ConfigError(f"finetune.resume={path}: no {last / 'state.json'} (not a finetune run, or it saved no epoch)")
+    model.load_state_dict(load_file(last / "model.safetensors"))
+    trainer = torch.load(last / "trainer.pt", weights_only=True)
+    opt.load_state_dict(trainer["optimizer"])
+    sched.load_state_dict(trainer["scheduler"])
+    state = _State(**json.loads((last / "state.json").read_text()))
+    log.info("resumed %s at epoch %d (best %.4f at epoch %d)", path, state.epoch, state.best, state.best_epoch)
+    return state
+
+
+def _monitor(cfg: DictConfig, val: dict) -> float:
+    protocol, _, metric = cfg.finetune.monitor.partition("/")
+    if protocol not in val or metric not in val[protocol]:
+        raise ConfigError(f"finetune.monitor={cfg.finetune.monitor}: expected <protocol>/<metric> with protocol "
+                          f"in {list(val)} and metric in {list(next(iter(val.values())))}")
+    return float(val[protocol][metric])
+
+
+def _train_epoch(model, batches, opt, sched, accelerator, cfg, state: _State, logger) -> float:
+    model.train()
+    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed * 1000 + state.epoch)
+    total, n = 0.0, 0
+    for batch in tqdm(batches, desc=f"epoch {state.epoch}", disable=not is_rank_zero(), leave=False):
+        out = model(batch.to(accelerator.device), generator=generator)
+        accelerator.backward(out["loss"])
+        if cfg.finetune.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.finetune.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state.step += 1
+        total, n = total + out["loss"].item(), n + 1
+        if state.step % 50 == 0:
+            logger.log({f"train/{k}": v.item() for k, v in out.items()} | {"lr": sched.get_last_lr()[0]}, step=state.step)
+    return total / max(n, 1)
+
+
+def run(cfg: DictConfig) -> float:
+    path = run_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg)
+    task, f = cfg.task.name, cfg.finetune
+    model = build_recommender(cfg, ds)
+    accelerator = _accelerator(cfg)
+    gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
+    batches = TrainBatches(ds, ds.samples(task, "train"), gatherer, task, f.batch_size, cfg.task.neg_num, cfg.seed,
+                           accelerator.process_index, accelerator.num_processes)
+    opt, sched = _optimizer(cfg, model, f.epochs * len(batches))
+    state = _State()
+    if f.get("resume"):
+        state = _resume(Path(f.resume), model, opt, sched)
+        if is_rank_zero() and (Path(f.resume) / "best").exists():
+            shutil.copytree(Path(f.resume) / "best", path / "best", dirs_exist_ok=True)
+    model, opt = accelerator.prepare(model, opt)
+    core: Recommender = accelerator.unwrap_model(model)
+    evaluator = Evaluator(ds, gatherer, task, eval_config(cfg), accelerator.device)
+    logger = start_logger(cfg, path)
+    log.info("fine-tuning %s on %s: %d train samples, %d steps/epoch, %d parameters", cfg.model.sr.name, task,
+             len(ds.samples(task, "train")), len(batches), sum(p.numel() for p in core.parameters() if p.requires_grad))
+    if f.eval_initial and state.epoch == 0:
+        core.eval()
+        logger.log({"epoch": -1, **_flat("val", evaluator.evaluate(core, "val"))}, step=0)
+    t0 = time.perf_counter()
+    while state.epoch < f.epochs and state.bad < f.patience:
+        batches.set_epoch(state.epoch)
+        torch.manual_seed(cfg.seed + state.epoch)  # dropout: the same per epoch, resumed or not
+        loss = _train_epoch(model, batches, opt, sched, accelerator, cfg, state, logger)
+        core.eval()
+        val = evaluator.evaluate(core, "val")
+        score = _monitor(cfg, val)
+        improved = score > state.best
+        if improved:
+            state.best, state.best_epoch, state.bad = score, state.epoch, 0
+            _save(path / "best", core)
+        else:
+            state.bad += 1
+        log.info("epoch %d: train loss %.4f, val %s %.4f%s", state.epoch, loss, f.monitor, score, " (best)" if improved else "")
+        logger.log({"epoch": state.epoch, "train/epoch_loss": loss, **_flat("val", val)}, step=state.step)
+        state.epoch += 1
+        _save(path / "last", core, opt, sched, state)
+    if state.best_epoch < 0:  # validation never produced a number (e.g. no val samples)
+        _save(path / "best", core)
+    accelerator.wait_for_everyone()
+    core.load_state_dict(load_file(path / "best" / "model.safetensors"))
+    core.eval()
+    results = {split: evaluator.evaluate(core, split) for split in cfg.eval.splits}
+    summary = {"task": task, "model": cfg.model.sr.name, "best_epoch": state.best_epoch, "monitor": f.monitor,
+               "best_val": state.best, "epochs_run": state.epoch, "train_seconds": round(time.perf_counter() - t0, 1),
+               "results": results}
+    write_json(path / "metrics.json", summary)
+    logger.log(_flat("best", {f"{s}/{p}": m for s, r in results.items() for p, m in r.items()}), step=state.step)
+    logger.finish()
+    rows = {f"{cfg.model.sr.name} {s}/{p}": m for s, r in results.items() for p, m in r.items()}
+    log.info("%s metrics, best epoch %d (%s):\n%s", task, state.best_epoch, path, format_table(rows))
+    return state.best
+
+
+def _flat(prefix: str, nested: dict) -> dict:
+    return {f"{prefix}/{k}/{m}": v for k, d in nested.items() for m, v in d.items()}
