@@ -15,6 +15,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from lsvcr.data.errors import UserError
+from lsvcr.launch import maybe_launch
 
 log = logging.getLogger("lsvcr")
 
@@ -29,10 +30,12 @@ def _user_error(e: BaseException) -> UserError | None:
 
 
 def run(cfg: DictConfig):
-    """Run ``cfg.stage``'s pipeline; a user error becomes one message and exit status 2."""
-    pipeline = get_method(cfg.stage._target_)
+    """Run ``cfg.stage``'s pipeline, here or in the ranks ``cfg.hardware`` asks for (`lsvcr.launch`);
+    a user error becomes one message and exit status 2."""
     try:
-        return pipeline(cfg)
+        if maybe_launch(cfg):
+            return None
+        return get_method(cfg.stage._target_)(cfg)
     except Exception as e:
         err = _user_error(e)
         if err is None:

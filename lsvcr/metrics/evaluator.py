@@ -25,6 +25,7 @@ from lsvcr.data.batch import HistoryBatch
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.store import PreparedDataset, SampleSet
 from lsvcr.metrics.candidates import sample_comment_candidates, sample_video_candidates
+from lsvcr.utils.loggers import is_rank_zero
 from lsvcr.metrics.ranking import RankingMetrics, ranks_multi, ranks_single
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Evaluator:
         for protocol in self.cfg.protocols:
             metrics = self._metrics()
             batches = range(0, len(rows), self.cfg.batch_size)
-            for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress,
+            for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress or not is_rank_zero(),
                            leave=False):
                 idx = rows[lo: lo + self.cfg.batch_size]
                 history = self.gatherer(samples, idx).to(self.device)

@@ -16,6 +16,7 @@ from lsvcr.data.builder import write_dataset
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
+from lsvcr.distributed import rank_zero_first
 from lsvcr.metrics.evaluator import EvalConfig
 from lsvcr.utils.loggers import is_rank_zero
 
@@ -65,11 +66,12 @@ def prepare(cfg: DictConfig, overwrite: bool = True) -> Path:
 def load_dataset(cfg: DictConfig) -> PreparedDataset:
     """The prepared dataset for ``cfg.data``, preparing it first when it does not exist yet."""
     path = prepared_dir(cfg)
-    if not (path / "manifest.json").exists():
-        if cfg.data.get("prepared_dir") and cfg.data.get("reader") is None:
-            return PreparedDataset(path)  # raises a clear "not a prepared dataset" error
-        log.info("no prepared dataset at %s: preparing it", path)
-        prepare(cfg, overwrite=True)
+    with rank_zero_first():  # one rank prepares; the others then find the manifest
+        if not (path / "manifest.json").exists():
+            if cfg.data.get("prepared_dir") and cfg.data.get("reader") is None:
+                return PreparedDataset(path)  # raises a clear "not a prepared dataset" error
+            log.info("no prepared dataset at %s: preparing it", path)
+            prepare(cfg, overwrite=True)
     return PreparedDataset(path)
 
 
