@@ -175,14 +175,23 @@ def test_empty_comment_history_has_no_nan(lc):
 def test_random_positions_sorted_and_in_range():
     model = make_model(use_ids=False, random_positions=True, max_position=20).train()
     torch.manual_seed(1)
-    pos = model._positions(64, 6, "cpu")
+    pos = model._positions(torch.ones(64, 6, dtype=torch.bool))
     assert pos.shape == (64, 6)
     assert (pos[:, 1:] > pos[:, :-1]).all()
     assert pos.min() >= 0 and pos.max() < 20
     assert len({tuple(r) for r in pos.tolist()}) > 1  # drawn per sample
-    assert torch.equal(model.eval()._positions(3, 6, "cpu"), torch.arange(6).expand(3, 6))
     with pytest.raises(ValueError, match="max_position"):
-        model._positions(1, 21, "cpu")
+        model._positions(torch.ones(1, 21, dtype=torch.bool))
+
+
+def test_positions_align_to_start_or_end():
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    start = make_model(position_align="start", max_position=6).eval()
+    assert start._positions(mask).tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    end = make_model(position_align="end", max_position=6).eval()
+    # the most recent real item always sits at max_position - 1
+    assert end._positions(mask)[:, :3].tolist() == [[3, 4, 5], [5, 5, 5]][:1] + [[5, 5, 5]]
+    assert end._positions(mask)[0, :3].tolist() == [3, 4, 5] and end._positions(mask)[1, 0].item() == 5
 
 
 def test_without_comment_history(inputs):

@@ -76,6 +76,7 @@ class LSVCR(SequentialRecommender):
         use_ids: bool = True,
         use_comment_history: bool = True,
         random_positions: bool = False,
+        position_align: str = "end",
         layer_norm_eps: float = 1e-8,
     ):
         super().__init__()
@@ -85,6 +86,9 @@ class LSVCR(SequentialRecommender):
         self.use_ids = use_ids
         self.use_comment_history = use_comment_history
         self.random_positions = random_positions
+        if position_align not in ("start", "end"):
+            raise ValueError(f"position_align must be 'start' or 'end', got {position_align!r}")
+        self.position_align = position_align
         d, eps = hidden_size, layer_norm_eps
 
         def encoder(n: int) -> TransformerEncoder:
@@ -145,20 +149,32 @@ class LSVCR(SequentialRecommender):
 
     # ---------------------------------------------------------------- history encoding
 
-    def _positions(self, batch: int, length: int, device) -> Tensor:
-        """``[B, L]`` position ids: 0..L-1, or in training with ``random_positions`` a sorted
-        random subset of 0..max_position-1 per sample (robust to unseen history lengths)."""
+    def _positions(self, mask: Tensor) -> Tensor:
+        """``[B, L]`` position ids for right-padded histories with ``mask [B, L]``.
+
+        ``start``: 0..n-1 from the oldest item. ``end``: the most recent item always gets
+        ``max_position - 1`` (as if left-padded to ``max_position``), so the pooling read-out
+        can tell recency apart; with right padding and ``start`` the last real item's position
+        varies with the history length and no read-out can find it. In training with
+        ``random_positions`` (alignment): a sorted random subset of 0..max_position-1 per sample.
+        """
+        batch, length = mask.shape
         if length > self.max_position:
             raise ValueError(f"history length {length} exceeds max_position {self.max_position}")
         if self.training and self.random_positions:
-            perm = torch.rand(batch, self.max_position, device=device).argsort(dim=-1)
+            perm = torch.rand(batch, self.max_position, device=mask.device).argsort(dim=-1)
             return perm[:, :length].sort(dim=-1).values
-        return torch.arange(length, device=device).expand(batch, length)
+        pos = torch.arange(length, device=mask.device).expand(batch, length)
+        if self.position_align == "end":
+            shift = self.max_position - mask.sum(dim=1, keepdim=True)
+            pos = (pos + shift).clamp(max=self.max_position - 1)
+        return pos
 
-    def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, position: nn.Embedding, norm: nn.LayerNorm) -> Tensor:
+    def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, mask: Tensor, position: nn.Embedding,
+                      norm: nn.LayerNorm) -> Tensor:
         """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input ``[B, L, d]``."""
         x = self.merge(torch.cat([self.adapter(title), self.adapter(comment)], dim=-1))
-        x = x + position(self._positions(ids.shape[0], ids.shape[1], ids.device))
+        x = x + position(self._positions(mask))
         if self.use_ids:
             x = x + self.gate * self.id_embedding(ids)
         return self.dropout(norm(x))
@@ -168,11 +184,11 @@ class LSVCR(SequentialRecommender):
         comment stream). States at padded positions are meaningless and never read."""
         if inputs.v_title is None or inputs.c_title is None or inputs.target_title is None:
             raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
-        x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, self.v_position, self.v_norm)
+        x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, inputs.v_mask, self.v_position, self.v_norm)
         h_v = self.video_encoder(x_v, inputs.v_mask, causal=True)
         if not self.use_comment_history:
             return h_v, None
-        x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, self.c_position, self.c_norm)
+        x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, inputs.c_mask, self.c_position, self.c_norm)
         h_c = self.comment_encoder(x_c, inputs.c_mask, causal=True)
         v_mixed = self.video_mix(h_v, inputs.c_mask, kv=h_c)
         c_mixed = self.comment_mix(h_c, inputs.v_mask, kv=h_v)

@@ -1,0 +1,109 @@
+"""The alignment stage's losses (DESIGN section 4), on representations already computed.
+
+- ``lm_loss``: next-token cross-entropy on response tokens only.
+- ``rec_loss``: InfoNCE between the SR user representation of each sample's task and its target
+  text's key, in-batch negatives from every process.
+- ``contrast_loss`` = behaviour contrast + symmetric InfoNCE(SR repr, LLM repr) (half each way).
+  Behaviour contrast: the LLM representation is the anchor; the task-relevant SR read-out is the
+  positive (rec: video-stream pooling; comm_rank: comment-stream query attention), the other
+  stream's read-out the negative (rec: comment-stream pooling; comm_rank: video-stream query
+  attention). Samples without a comment history contribute nothing: their comment-stream read-out
+  has no evidence to be contrasted with.
+
+Every mean follows the distributed convention of :mod:`lsvcr.losses.contrastive`: a rank's value
+is ``(sum of its terms) * world_size / (number of terms on all ranks)``, so the averaged gradient
+is that of the global mean even when ranks hold different numbers of terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from lsvcr.losses.contrastive import _dist_active, batch_info_nce, behaviour_contrast, symmetric_info_nce
+from lsvcr.models.sr.lsvcr import SRReadouts
+
+REC, COMM_RANK = 0, 1
+
+
+def global_mean(total: Tensor, count: int, group=None) -> Tensor:
+    """``total`` (a sum of ``count`` local terms) -> its share of the mean over all ranks' terms.
+
+    Every rank must call this (it all-reduces the count), also one with ``count == 0``.
+    """
+    if not _dist_active(group):
+        return total / max(count, 1)
+    n = torch.tensor(float(count), device=total.device)
+    dist.all_reduce(n, group=group)
+    return total * dist.get_world_size(group) / n.clamp(min=1.0)
+
+
+def response_lm_loss(hidden: Tensor, labels: Tensor, lm_head: Callable[[Tensor], Tensor], group=None) -> Tensor:
+    """Causal-LM loss on response tokens: ``hidden [B, T, H]`` (decoder output), ``labels [B, T]``
+    (-100 = ignore). The head runs only at positions that predict a label, so a 150k-word
+    vocabulary never costs ``B x T x V`` logits."""
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = lm_head(hidden[:, :-1][keep])  # [K, vocab]
+    if logits.dtype in (torch.float16, torch.bfloat16):  # a half-precision softmax over a big vocabulary loses too much
+        logits = logits.float()
+    total = F.cross_entropy(logits, target[keep], reduction="sum")
+    return global_mean(total, int(keep.sum()), group)
+
+
+def task_user_repr(readouts: SRReadouts, task: Tensor) -> Tensor:
+    """``[B, d]`` normalised SR user representation of each sample's task (rec: video-stream
+    pooling; comm_rank: comment-stream query attention, the video stream's without one)."""
+    comm = readouts.comment_query if readouts.comment_query is not None else readouts.video_query
+    return F.normalize(torch.where((task == REC).unsqueeze(-1), readouts.video_pool, comm), dim=-1)
+
+
+def masked_behaviour_contrast(
+    anchor: Tensor, positive: Tensor, negative: Tensor, mask: Tensor, temperature: float, group=None
+) -> Tensor:
+    """:func:`behaviour_contrast` over the rows where ``mask [B]`` is True (``[B, d]`` inputs)."""
+    count = int(mask.sum())
+    if count == 0:
+        # zero, but every input stays in the graph: each rank's backward reaches the same parameters
+        total = (anchor.sum() + positive.sum() + negative.sum()) * 0.0
+    else:
+        total = behaviour_contrast(anchor[mask], positive[mask], negative[mask], temperature) * count
+    return global_mean(total, count, group)
+
+
+def alignment_losses(
+    llm_repr: Tensor,
+    readouts: SRReadouts,
+    target_key: Tensor,
+    task: Tensor,
+    has_comment_history: Tensor,
+    temperature: float,
+    group=None,
+) -> dict[str, Tensor]:
+    """The SR-side losses of one batch.
+
+    Args:
+        llm_repr: ``[B, d]`` LLM user representation (``contrast_adapter`` output).
+        readouts: the SR's four read-outs, ``[B, d]`` each.
+        target_key: ``[B, d]`` target text key (rec: the target title; comm_rank: the positive comment).
+        task: ``[B]`` 0 = rec, 1 = comm_rank.
+        has_comment_history: ``[B]`` bool.
+
+    Returns:
+        ``rec_loss``, ``behaviour_loss``, ``llm_sr_loss`` and ``contrast_loss`` (= the last two summed).
+    """
+    sr_repr = task_user_repr(readouts, task)
+    rec_loss = batch_info_nce(sr_repr, target_key, temperature, group)
+    llm_sr = symmetric_info_nce(sr_repr, llm_repr, temperature, group)
+    if readouts.comment_pool is None:  # an SR without the comment stream has nothing to contrast
+        behaviour = global_mean(llm_repr.sum() * 0.0, 0, group)
+    else:
+        is_rec = (task == REC).unsqueeze(-1)
+        positive = torch.where(is_rec, readouts.video_pool, readouts.comment_query)
+        negative = torch.where(is_rec, readouts.comment_pool, readouts.video_query)
+        behaviour = masked_behaviour_contrast(llm_repr, positive, negative, has_comment_history, temperature, group)
+    return {"rec_loss": rec_loss, "behaviour_loss": behaviour, "llm_sr_loss": llm_sr, "contrast_loss": behaviour + llm_sr}

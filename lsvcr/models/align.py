@@ -1,0 +1,252 @@
+"""The alignment model (DESIGN section 4): LoRA LLM + LLM text encoder + SR, trained together.
+
+One forward pass over an :class:`~lsvcr.data.align_batch.AlignBatch`:
+
+1. the LoRA LLM reads the prompts: LM loss on the response tokens, and the hidden state of the last
+   prompt token through ``contrast_adapter`` is the LLM user representation;
+2. the same LoRA LLM encodes the batch's unique texts (mean pool + ``llm_emb_mlp``) into a
+   batch-local table, so the SR's gradients reach the LoRA weights;
+3. the SR (no ID embeddings, random positions) reads both histories from that table;
+4. ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss``.
+
+Checkpoints keep the LLM apart from the small modules::
+
+    out_dir/lora/                 PEFT adapter (save_pretrained)
+    out_dir/modules.safetensors   sr.*, llm_emb_mlp.*, contrast_adapter.*
+    out_dir/tokenizer/            the tokenizer (save_pretrained)
+    out_dir/alignment.json        SR settings, loss weights, temperature, base LLM
+
+Loading checks that exactly the expected keys are present (nothing missing, nothing extra) and
+raises ``ValueError`` naming the difference otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lsvcr.data.align_batch import AlignBatch
+from lsvcr.losses.align import alignment_losses, response_lm_loss
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, _unwrap, decoder_hidden_states
+from lsvcr.models.sr.inputs import lookup_inputs
+from lsvcr.models.sr.layers import init_weights
+from lsvcr.models.sr.lsvcr import LSVCR
+
+if TYPE_CHECKING:  # transformers is imported by whoever builds the bundle, not by this module
+    from lsvcr.models.llm.loader import LLMBundle
+
+log = logging.getLogger(__name__)
+
+MODULE_PREFIXES = ("sr.", "llm_emb_mlp.", "contrast_adapter.")
+MODULES_FILE, META_FILE, LORA_DIR, TOKENIZER_DIR = "modules.safetensors", "alignment.json", "lora", "tokenizer"
+#: settings the alignment fixes whatever the SR config says (no IDs; robust random positions)
+ALIGN_SR_MODE = {"use_ids": False, "random_positions": True}
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (transformers 5 renamed the
+    switch; older remote-code models only have the old name)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+class AlignmentModel(nn.Module):
+    """LoRA causal LM + :class:`LLMTextEncoder` (sharing it) + :class:`LSVCR` + ``contrast_adapter``.
+
+    Args:
+        llm: the causal LM already wrapped with PEFT LoRA (see :meth:`from_bundle`).
+        tokenizer: its tokenizer (saved with the checkpoint).
+        sr_config: :class:`LSVCR` keyword arguments; ``use_ids`` and ``random_positions`` are set
+            to the alignment mode (False, True) whatever they say.
+        rec_weight, contrast_weight, temperature: loss weights and temperature (paper: 1.0, 0.5, 0.07).
+        gradient_checkpointing: recompute the LLM's layers in backward (non-reentrant, so the
+            frozen embedding output needs no ``requires_grad``).
+        llm_info: where the base LLM came from (name, source), recorded in checkpoints.
+    """
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer,
+        sr_config: Mapping[str, Any],
+        rec_weight: float = 1.0,
+        contrast_weight: float = 0.5,
+        temperature: float = 0.07,
+        gradient_checkpointing: bool = False,
+        llm_info: Mapping[str, str] | None = None,
+    ):
+        super().__init__()
+        self.sr_config = {k: v for k, v in dict(sr_config).items() if k not in ALIGN_SR_MODE}
+        self.sr = LSVCR(**self.sr_config, **ALIGN_SR_MODE)
+        hidden = int(_unwrap(llm).config.hidden_size)
+        self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden)
+        self.contrast_adapter = nn.Linear(hidden, self.sr.adapter.out_features)
+        init_weights(self.contrast_adapter)
+        self.tokenizer = tokenizer
+        self.rec_weight, self.contrast_weight, self.temperature = rec_weight, contrast_weight, temperature
+        self.llm_info = dict(llm_info or {})
+        if gradient_checkpointing:
+            _enable_checkpointing(_unwrap(llm))
+
+    @classmethod
+    def from_bundle(cls, bundle: LLMBundle, sr_config: Mapping[str, Any], **kwargs) -> "AlignmentModel":
+        """Wrap ``bundle.model`` with LoRA (``bundle.lora``; in place) and build the model.
+        ``gradient_checkpointing`` defaults to the bundle's setting."""
+        from peft import get_peft_model
+
+        kwargs.setdefault("gradient_checkpointing", bundle.gradient_checkpointing)
+        llm = get_peft_model(bundle.model, bundle.lora.to_peft())
+        return cls(llm, bundle.tokenizer, sr_config, llm_info={"name": bundle.name, "source": bundle.source}, **kwargs)
+
+    @property
+    def llm(self) -> nn.Module:
+        """The PEFT-wrapped causal LM."""
+        return self.text_encoder.llm
+
+    @property
+    def llm_emb_mlp(self) -> nn.Module:
+        return self.text_encoder.llm_emb_mlp
+
+    def encode_items(self, item_ids: Tensor, item_mask: Tensor) -> Tensor:
+        """``[N, S]`` texts -> local table ``[N + 1, E]`` whose row 0 is the zero padding row."""
+        emb = self.text_encoder(item_ids, item_mask)
+        return torch.cat([emb.new_zeros(1, emb.shape[-1]), emb])
+
+    def llm_repr(self, hidden: Tensor, last_prompt_index: Tensor) -> Tensor:
+        """``hidden [B, T, H]`` at each row's last prompt token, through ``contrast_adapter`` -> ``[B, d]``."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, last_prompt_index]
+        return self.contrast_adapter(last.to(self.contrast_adapter.weight.dtype))
+
+    def forward(self, batch: AlignBatch) -> dict[str, Tensor]:
+        """Scalar losses: ``loss``, ``lm_loss``, ``rec_loss``, ``contrast_loss``, ``behaviour_loss``,
+        ``llm_sr_loss``."""
+        hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)  # [B, T, H]
+        head = _unwrap(self.llm).get_output_embeddings()
+        if head is None:
+            raise ValueError("this causal LM exposes no output embeddings (get_output_embeddings() is None)")
+        lm_loss = response_lm_loss(hidden, batch.labels, head)
+        llm_repr = self.llm_repr(hidden, batch.last_prompt_index)
+        table = self.encode_items(batch.item_ids, batch.item_mask)  # [N + 1, E]
+        readouts = self.sr.readouts(lookup_inputs(batch.history, table, table))
+        # Without IDs a video candidate and a comment candidate are both normalize(adapter(text)).
+        target_key = self.sr.comment_repr(table[batch.target_row])
+        out = alignment_losses(llm_repr, readouts, target_key, batch.task, batch.has_comment_history, self.temperature)
+        out["lm_loss"] = lm_loss
+        out["loss"] = lm_loss + self.rec_weight * out["rec_loss"] + self.contrast_weight * out["contrast_loss"]
+        return out
+
+    def module_state_dict(self) -> dict[str, Tensor]:
+        """The non-LLM trained weights, keys prefixed ``sr.``, ``llm_emb_mlp.``, ``contrast_adapter.``."""
+        parts = {"sr.": self.sr, "llm_emb_mlp.": self.llm_emb_mlp, "contrast_adapter.": self.contrast_adapter}
+        return {p + k: v for p, m in parts.items() for k, v in m.state_dict().items()}
+
+    def load_module_state_dict(self, state: Mapping[str, Tensor], where: str = "state") -> None:
+        """Load :meth:`module_state_dict` output; every key must match exactly (ValueError otherwise)."""
+        expected = self.module_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(f"{where}: does not fit this alignment model: missing {missing}, unexpected {unexpected}, "
+                             f"wrong shape {wrong}")
+        with torch.no_grad():
+            for k, v in expected.items():
+                v.copy_(state[k])
+
+    def metadata(self) -> dict[str, Any]:
+        return {"sr_config": self.sr_config, "rec_weight": self.rec_weight, "contrast_weight": self.contrast_weight,
+                "temperature": self.temperature, "llm": self.llm_info,
+                "llm_hidden_size": self.contrast_adapter.in_features}
+
+
+def save_alignment(model: AlignmentModel, out_dir: str | Path) -> Path:
+    """Write the checkpoint layout of the module docstring under ``out_dir`` (call on one rank)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.llm.save_pretrained(out / LORA_DIR)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.module_state_dict().items()}
+    save_file(state, out / MODULES_FILE)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    (out / META_FILE).write_text(json.dumps(model.metadata(), indent=2, sort_keys=True))
+    return out
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"{path}: missing; is {path.parent} an alignment checkpoint written by save_alignment?")
+    return path
+
+
+def _load_lora(out: Path, bundle: LLMBundle, trainable: bool) -> nn.Module:
+    """``bundle.model`` (wrapped in place) with the saved adapter; its keys must match exactly."""
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    config = PeftConfig.from_pretrained(str(_require(out / LORA_DIR)))
+    config.inference_mode = not trainable  # save_pretrained stores True; resuming needs trainable LoRA
+    llm = get_peft_model(bundle.model, config)
+    saved = load_file(_require(out / LORA_DIR / "adapter_model.safetensors"))
+    expected = set(get_peft_model_state_dict(llm))
+    missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{out / LORA_DIR}: adapter does not fit {bundle.name}: missing {missing}, unexpected {unexpected}"
+        )
+    set_peft_model_state_dict(llm, saved)
+    return llm
+
+
+def load_alignment(out_dir: str | Path, bundle: LLMBundle, trainable: bool = False, **kwargs) -> AlignmentModel:
+    """The :class:`AlignmentModel` saved in ``out_dir``, on ``bundle``'s base LLM (wrapped in place).
+
+    ``trainable`` keeps the LoRA weights trainable (resuming); ``kwargs`` override constructor
+    arguments (e.g. ``gradient_checkpointing``). The saved tokenizer must have the bundle's vocabulary.
+    """
+    out = Path(out_dir)
+    meta = json.loads(_require(out / META_FILE).read_text())
+    if meta["llm_hidden_size"] != bundle.hidden_size:
+        raise ValueError(f"{out}: aligned on an LLM with hidden size {meta['llm_hidden_size']}, "
+                         f"{bundle.name} has {bundle.hidden_size}")
+    if meta["llm"].get("name") not in (None, bundle.name):
+        log.warning("%s was aligned on %s, loading it on %s", out, meta["llm"].get("name"), bundle.name)
+    tok_dir = out / TOKENIZER_DIR
+    if tok_dir.exists():
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(tok_dir).get_vocab() != bundle.tokenizer.get_vocab():
+            raise ValueError(f"{tok_dir}: the saved tokenizer's vocabulary differs from {bundle.name}'s tokenizer")
+    llm = _load_lora(out, bundle, trainable)
+    args = {k: meta[k] for k in ("rec_weight", "contrast_weight", "temperature")}
+    args.update(kwargs)
+    model = AlignmentModel(llm, bundle.tokenizer, meta["sr_config"], llm_info=meta["llm"], **args)
+    model.load_module_state_dict(load_file(_require(out / MODULES_FILE)), where=str(out / MODULES_FILE))
+    return model
+
+
+def load_sr_for_finetune(out_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(sr_state_dict, llm_emb_mlp_state_dict)`` of an alignment checkpoint, prefixes stripped.
+
+    The file must hold exactly the ``sr.``, ``llm_emb_mlp.`` and ``contrast_adapter.`` modules (the
+    adapter is dropped: fine-tuning has no LLM representation). Feed the SR state to
+    :meth:`LSVCR.load_aligned`, which checks its keys against the fine-tuning SR.
+    """
+    path = _require(Path(out_dir) / MODULES_FILE)
+    state = load_file(path)
+    stray = sorted(k for k in state if not k.startswith(MODULE_PREFIXES))
+    empty = [p for p in MODULE_PREFIXES if not any(k.startswith(p) for k in state)]
+    if stray or empty:
+        raise ValueError(f"{path}: unexpected keys {stray}, no weights for {empty}")
+    sr = {k[len("sr."):]: v for k, v in state.items() if k.startswith("sr.")}
+    mlp = {k[len("llm_emb_mlp."):]: v for k, v in state.items() if k.startswith("llm_emb_mlp.")}
+    return sr, mlp

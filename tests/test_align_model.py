@@ -1,0 +1,269 @@
+"""Alignment losses against hand-computed values, and the alignment model on a tiny world:
+optimisation, gradient paths, gradient checkpointing, checkpoint round trip and key checks."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from lsvcr.data.align_batch import AlignCollator, AugmentConfig, align_items
+from lsvcr.data.builder import write_dataset
+from lsvcr.data.history import HistoryGatherer
+from lsvcr.data.prompts import PromptBuilder
+from lsvcr.data.samples import SplitConfig
+from lsvcr.data.store import PreparedDataset
+from lsvcr.data.synthetic import SyntheticConfig, generate
+from lsvcr.losses.align import alignment_losses, global_mean, masked_behaviour_contrast, response_lm_loss
+from lsvcr.models.align import AlignmentModel, load_alignment, load_sr_for_finetune, save_alignment
+from lsvcr.models.sr.lsvcr import LSVCR, SRReadouts
+
+TEMPLATES = {
+    "numbering": "{index}. ", "video_item": "{title}; {comment}", "comment_item": "{title}; {comments}",
+    "comment_join": " | ", "no_comment": "none", "empty_history": "empty",
+    "templates": {
+        "rec": ["V:\n{video_history}\nC:\n{comment_history}\nNEXT:", "C:\n{comment_history}\nV:\n{video_history}\nNEXT:"],
+        "comm_rank": ["V:\n{video_history}\nC:\n{comment_history}\nNOW {target_title}:",
+                      "C:\n{comment_history}\nV:\n{video_history}\nNOW {target_title}:"],
+    },
+}
+SR = dict(llm_emb_size=16, hidden_size=16, num_heads=2, inner_size=32, max_position=8)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+# ---------------------------------------------------------------- losses, hand-computed
+
+
+def test_global_mean_single_process():
+    assert global_mean(torch.tensor(6.0), 3).item() == 2.0
+    assert global_mean(torch.tensor(0.0), 0).item() == 0.0
+
+
+def test_response_lm_loss_hand_computed():
+    # vocab 2, identity head: position t's hidden state is its logits and predicts label t+1
+    hidden = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)], [math.log(4), 0.0], [5.0, 5.0]]])
+    labels = torch.tensor([[-100, -100, 1, 0]])
+    want = (math.log(4 / 3) + math.log(5 / 4)) / 2
+    assert response_lm_loss(hidden, labels, lambda h: h).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_masked_behaviour_contrast_hand_computed():
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    anchor, pos, neg = torch.tensor([e0, e1, e0]), torch.tensor([e0, e0, e1]), torch.tensor([e1, e1, e0])
+    mask = torch.tensor([True, True, False])
+    want = (softplus(-2.0) + softplus(2.0)) / 2  # temperature 0.5: logits (2, 0) and (0, 2); row 2 left out
+    assert masked_behaviour_contrast(anchor, pos, neg, mask, 0.5).item() == pytest.approx(want, rel=1e-6)
+    assert masked_behaviour_contrast(anchor, pos, neg, torch.zeros(3, dtype=torch.bool), 0.5).item() == 0.0
+
+
+@pytest.mark.parametrize("has", [(True, False), (False, True)])
+def test_alignment_losses_hand_computed(has):
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    t = lambda *rows: torch.tensor(rows)  # noqa: E731
+    # sample 0 is rec (repr = video_pool), sample 1 comm_rank (repr = comment_query); temperature 1
+    readouts = SRReadouts(video_pool=t(e0, [3.0, 3.0]), video_query=t([5.0, 1.0], e0),
+                          comment_pool=t(e1, [1.0, -1.0]), comment_query=t([2.0, 7.0], e1))
+    llm = t(e0, e0)
+    out = alignment_losses(llm, readouts, t(e0, e1), torch.tensor([0, 1]), torch.tensor(has), 1.0)
+    # sr = (e0, e1); rec: logits (1, 0) and (0, 1), positives on the diagonal
+    assert out["rec_loss"].item() == pytest.approx(softplus(-1.0), rel=1e-6)
+    sr_to_llm = math.log(2)  # each sr row sees two equal llm keys
+    llm_to_sr = (softplus(-1.0) + softplus(1.0)) / 2
+    assert out["llm_sr_loss"].item() == pytest.approx((sr_to_llm + llm_to_sr) / 2, rel=1e-6)
+    # rec row: e0 vs video_pool e0 (pos) and comment_pool e1 (neg); comm row: e0 vs
+    # comment_query e1 (pos) and video_query e0 (neg); only rows with a comment history count
+    want = softplus(-1.0) if has[0] else softplus(1.0)
+    assert out["behaviour_loss"].item() == pytest.approx(want, rel=1e-6)
+    assert out["contrast_loss"].item() == pytest.approx(want + out["llm_sr_loss"].item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- 2 processes, unequal shards
+
+SIZES = (3, 2)
+
+
+def _full_inputs():
+    """Every loss input of 5 samples; rank 1's rows have no comment history at all."""
+    g = torch.Generator().manual_seed(2)
+    n = sum(SIZES)
+    vecs = [torch.randn(n, 4, generator=g, dtype=torch.float64) for _ in range(6)]
+    hidden = torch.randn(n, 5, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[-100, -100, 0, 1, 2], [-100, 2, 1, 0, 0], [-100, -100, -100, 1, -100],
+                           [-100, -100, 2, 2, -100], [-100, -100, -100, -100, 0]])
+    task, has = torch.tensor([0, 1, 1, 0, 1]), torch.tensor([True, True, False, False, False])
+    return vecs, hidden, labels, task, has
+
+
+def _total(vecs, hidden, labels, task, has) -> torch.Tensor:
+    llm, vp, vq, cp, cq, key = vecs
+    out = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task, has, 0.5)
+    return out["rec_loss"] + out["contrast_loss"] + response_lm_loss(hidden, labels, lambda h: h)
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        vecs, hidden, labels, task, has = _full_inputs()
+        rows = slice(sum(SIZES[:rank]), sum(SIZES[: rank + 1]))
+        vecs = [v[rows].clone().requires_grad_() for v in vecs]
+        hidden = hidden[rows].clone().requires_grad_()
+        loss = _total(vecs, hidden, labels[rows], task[rows], has[rows])
+        loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        torch.save({"mean_loss": total / world, "grads": [v.grad for v in vecs] + [hidden.grad]}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_alignment_losses_match_single_process(tmp_path):
+    world = len(SIZES)
+    ctx = mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("distributed workers timed out")
+    vecs, hidden, labels, task, has = _full_inputs()
+    leaves = [v.requires_grad_() for v in vecs] + [hidden.requires_grad_()]
+    single = _total(vecs, hidden, labels, task, has)
+    single.backward()
+    for rank in range(world):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        rows = slice(sum(SIZES[:rank]), sum(SIZES[: rank + 1]))
+        assert out["mean_loss"].item() == pytest.approx(single.item(), abs=1e-9)
+        for got, leaf in zip(out["grads"], leaves):  # DDP divides the sum over ranks by world
+            assert (got / world - leaf.grad[rows]).abs().max() < 1e-9
+
+
+# ---------------------------------------------------------------- the model on a tiny world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    raw, _ = generate(SyntheticConfig(num_users=30, num_videos=40, seed=3))
+    root = tmp_path_factory.mktemp("align_model")
+    ds = PreparedDataset(write_dataset(raw, root / "ds", SplitConfig("loo")))
+    return ds, root / "llm"
+
+
+def make_bundle(world):
+    from lsvcr.models.llm.loader import TinyCausalLM  # here, so the spawned workers above never import transformers
+
+    ds, workdir = world
+    spec = TinyCausalLM(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1)
+    return spec.build(lambda: iter(ds.video_titles().to_pylist() + ds.comment_texts().to_pylist()), workdir)
+
+
+def make_model(world, seed=0, **kw) -> AlignmentModel:
+    torch.manual_seed(seed)
+    return AlignmentModel.from_bundle(make_bundle(world), {"num_videos": world[0].num_videos, **SR}, **kw)
+
+
+@pytest.fixture(scope="module")
+def batch(world):
+    ds, _ = world
+    bundle = make_bundle(world)
+    pb = PromptBuilder(TEMPLATES, bundle.tokenizer, max_prompt_tokens=96, max_response_tokens=16)
+    col = AlignCollator(ds, HistoryGatherer(ds, 4, 4), pb, text_max_length=24, aug=AugmentConfig(), train=False)
+    items = align_items(ds, ["rec", "comm_rank"])
+    rng = np.random.default_rng(0)
+    return col(np.concatenate([rng.choice(items[items[:, 0] == t], 3, replace=False) for t in (0, 1)]))
+
+
+def eval_losses(model, batch) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        return {k: v.item() for k, v in model(batch).items()}
+
+
+def train_steps(model, batch, steps: int, lr: float = 1e-2) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(batch)["loss"].backward()
+        opt.step()
+
+
+def test_optimisation_reduces_total_loss(world, batch):
+    model = make_model(world)
+    before = eval_losses(model, batch)
+    assert batch.has_comment_history.any() and set(batch.task.tolist()) == {0, 1}
+    assert all(math.isfinite(v) for v in before.values())
+    assert before["loss"] == pytest.approx(before["lm_loss"] + before["rec_loss"] + 0.5 * before["contrast_loss"], rel=1e-5)
+    train_steps(model, batch, 4)
+    after = eval_losses(model, batch)
+    assert after["loss"] < before["loss"] - 0.3
+    assert after["rec_loss"] < before["rec_loss"] and after["contrast_loss"] < before["contrast_loss"]
+
+
+def test_sr_gradients_reach_lora_through_the_text_encoder(world, batch):
+    model = make_model(world).train()
+    model(batch)["rec_loss"].backward()  # the LLM reaches rec_loss only through the item texts
+    lora = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora and any(g is not None and g.abs().sum() > 0 for g in lora)
+    assert model.contrast_adapter.weight.grad is None
+    assert model.llm_emb_mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(world, batch):
+    grads = []
+    for gc in (False, True):
+        model = make_model(world, gradient_checkpointing=gc).train()
+        assert model.llm.get_base_model().is_activation_checkpointing == gc
+        torch.manual_seed(7)
+        model(batch)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if "lora_A" in n})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), n
+
+
+def test_save_load_round_trip_and_finetune_export(world, batch, tmp_path):
+    model = make_model(world)
+    train_steps(model, batch, 2)  # LoRA B leaves zero, so the adapter matters
+    want = eval_losses(model, batch)
+    out = save_alignment(model, tmp_path / "align")
+    assert {p.name for p in out.iterdir()} >= {"lora", "modules.safetensors", "tokenizer", "alignment.json"}
+    loaded = load_alignment(out, make_bundle(world))
+    assert eval_losses(loaded, batch) == pytest.approx(want, rel=1e-5)
+    assert not any(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)
+    resumed = load_alignment(out, make_bundle(world), trainable=True)
+    assert any(p.requires_grad for n, p in resumed.named_parameters() if "lora_" in n)
+    sr_state, mlp_state = load_sr_for_finetune(out)
+    finetune_sr = LSVCR(world[0].num_videos, **SR, use_ids=True)
+    finetune_sr.load_aligned(sr_state)
+    assert torch.equal(finetune_sr.adapter.weight, model.sr.adapter.weight)
+    assert mlp_state.keys() == model.llm_emb_mlp.state_dict().keys()
+
+
+def test_load_rejects_keys_that_do_not_fit(world, batch, tmp_path):
+    out = save_alignment(make_model(world), tmp_path / "align")
+    modules = out / "modules.safetensors"
+    good = load_file(modules)
+    save_file({**good, "sr.unknown.weight": torch.zeros(2)}, modules)
+    with pytest.raises(ValueError, match=r"unexpected \['sr.unknown.weight'\]"):
+        load_alignment(out, make_bundle(world))
+    save_file({**good, "decoder.weight": torch.zeros(2)}, modules)
+    with pytest.raises(ValueError, match="decoder.weight"):
+        load_sr_for_finetune(out)
+    save_file({k: v for k, v in good.items() if k != "contrast_adapter.bias"}, modules)
+    with pytest.raises(ValueError, match=r"missing \['contrast_adapter.bias'\]"):
+        load_alignment(out, make_bundle(world))
+    save_file(good, modules)
+    adapter = out / "lora" / "adapter_model.safetensors"
+    lora = load_file(adapter)
+    save_file({**lora, "base_model.model.extra.lora_A.weight": torch.zeros(2)}, adapter)
+    with pytest.raises(ValueError, match="adapter does not fit"):
+        load_alignment(out, make_bundle(world))
