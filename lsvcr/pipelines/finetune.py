@@ -47,6 +47,10 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
         raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
                           f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
     sr = build(cfg.model.sr, num_videos=ds.num_videos)
+    if cfg.task.name not in ("rec", "comm_rank"):
+        raise ConfigError(f"task={cfg.task.name}: fine-tuning trains one task, rec or comm_rank")
+    if cfg.task.name == "comm_rank" and not sr.uses_text:
+        raise ConfigError(f"model/sr={cfg.model.sr.name} reads no comment text and cannot rank comments; use task=rec")
     video = comment = projection = None
     if sr.uses_text:
         from lsvcr.pipelines.embed import ensure_tables
