@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lsvcr.data.errors import ConfigError, DataError
-from lsvcr.data.sources import ROW_COLUMN, SOURCES, load_id_list, read_kuaicomt, read_native, read_official, read_source
+from lsvcr.data.official import load_id_list, read_official
+from lsvcr.data.sources import ROW_COLUMN, _sources, read_kuaicomt, read_native, read_source
 
 NATIVE = {
     "videos.csv": "video_id,title,category\n1,123,\n2,cats and dogs,pets\n",
@@ -279,7 +280,7 @@ def test_official_needs_sample_files(tmp_path):
 
 
 def test_read_source_dispatches_and_rejects_unknown_kinds(tmp_path):
-    assert set(SOURCES) == {"native", "kuaicomt", "official"}
+    assert set(_sources()) == {"native", "kuaicomt", "official"}
     raw = read_source("kuaicomt", write_files(tmp_path, KUAICOMT), video_signals=())
     assert raw.source["kind"] == "kuaicomt" and raw.video_interactions.num_rows == 3
     with pytest.raises(ConfigError, match="unknown data source 'movielens'; choose one of: native, kuaicomt, official"):

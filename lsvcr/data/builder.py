@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import RawTables
 from lsvcr.data.samples import SplitConfig, build_samples
-from lsvcr.data.store import ARRAYS, SampleSet, write_manifest
+from lsvcr.data.store import ARRAYS, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,83 @@
+"""Compare baselines and LSVCR fine-tuning on the embedded world, mean over seeds (full ranking).
+
+    python experiments/compare_finetune.py                      # 3 seeds, the default world
+    python experiments/compare_finetune.py --seeds 0 1 2 --extra finetune.epochs=30
+
+Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/); the
+seed changes model initialisation, batch order and negatives, not the world. Prints a Markdown
+table of test-split metrics (mean ± std over seeds) for both protocols and writes it, with every
+run's numbers, to outputs/experiments/compare/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "experiments" / "compare"
+
+# (label, task, args); every run also gets seed=<s> and the --extra overrides
+RUNS = [
+    ("popularity", "rec", ["stage=evaluate", "model/sr=popularity"]),
+    ("random", "rec", ["stage=evaluate", "model/sr=random"]),
+    ("sasrec", "rec", ["stage=finetune", "model/sr=sasrec"]),
+    ("lsvcr (un-aligned)", "rec", ["stage=finetune", "model/sr=lsvcr"]),
+    ("random", "comm_rank", ["stage=evaluate", "model/sr=random"]),
+    ("most_liked", "comm_rank", ["stage=evaluate", "model/sr=most_liked"]),
+    ("popularity", "comm_rank", ["stage=evaluate", "model/sr=popularity"]),
+    ("lsvcr (un-aligned)", "comm_rank", ["stage=finetune", "model/sr=lsvcr", "finetune.batch_size=128"]),
+]
+METRICS = ("ndcg@10", "recall@10", "mrr@10")
+
+
+def run_one(args: list[str], out: Path) -> dict:
+    env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(OUT / "data")}
+    before = set(out.glob("runs/*/*"))
+    subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled"], cwd=REPO, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    [run] = set(out.glob("runs/*/*")) - before
+    return json.loads((run / "metrics.json").read_text())["results"]["test"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
+    ap.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
+    args = ap.parse_args()
+    results: dict[str, list] = {}
+    for label, task, run_args in RUNS:
+        if args.only and label not in args.only:
+            continue
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            test = run_one([f"task={task}", f"seed={seed}", *run_args, *args.extra], OUT / f"seed{seed}")
+            results.setdefault(f"{task} | {label}", []).append(test)
+            print(f"{task:9s} {label:20s} seed {seed}: full ndcg@10 {test['full']['ndcg@10']:.4f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    lines = ["| task | model | protocol | " + " | ".join(METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
+    for key, runs in results.items():
+        task, label = key.split(" | ")
+        for protocol in ("full", "sampled"):
+            cells = []
+            for m in METRICS:
+                vals = [r[protocol][m] for r in runs]
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+            lines.append(f"| {task} | {label} | {protocol} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps({"seeds": args.seeds, "extra": args.extra, "runs": results,
+                                                  "table": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
