@@ -1,7 +1,7 @@
 """Compare baselines and LSVCR fine-tuning on the embedded world, mean over seeds (full ranking).
 
     python experiments/compare_finetune.py                      # 3 seeds, the default world
-    python experiments/compare_finetune.py --seeds 0 1 2 --extra finetune.epochs=30
+    python experiments/compare_finetune.py --seeds 0 1 2 --extra finetune.epochs=30   # extra: fine-tuning runs
 
 Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/); the
 seed changes model initialisation, batch order and negatives, not the world. Prints a Markdown
@@ -49,7 +49,7 @@ def run_one(args: list[str], out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
+    ap.add_argument("--extra", nargs="*", default=[], help="overrides for every fine-tuning run")
     ap.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
     args = ap.parse_args()
     results: dict[str, list] = {}
@@ -58,7 +58,8 @@ def main() -> None:
             continue
         for seed in args.seeds:
             t0 = time.perf_counter()
-            test = run_one([f"task={task}", f"seed={seed}", *run_args, *args.extra], OUT / f"seed{seed}")
+            extra = args.extra if "stage=finetune" in run_args else []
+            test = run_one([f"task={task}", f"seed={seed}", *run_args, *extra], OUT / f"seed{seed}")
             results.setdefault(f"{task} | {label}", []).append(test)
             print(f"{task:9s} {label:20s} seed {seed}: full ndcg@10 {test['full']['ndcg@10']:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
