@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -36,6 +37,8 @@ from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, st
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
+# seed offset between ranks' random streams (dropout, ID-text negatives): a prime, far above any epoch count
+_RANK_STRIDE = 1_000_003
 
 
 def build_recommender(cfg: DictConfig, ds) -> Recommender:
@@ -69,7 +72,23 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
 
 def _accelerator(cfg: DictConfig) -> Accelerator:
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.hardware.get("precision", "fp32")]
-    return Accelerator(cpu=cfg.hardware.get("accelerator", "cpu") == "cpu", mixed_precision=precision)
+    # The SR's modules of the other task (rec: comment stream and query attention; comm_rank: video
+    # stream and pooling) never get a gradient, which DDP's reducer only tolerates when told to look
+    # for unused parameters (an autograd-graph walk per step, small next to the SR's forward).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cfg.hardware.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
+                       kwargs_handlers=[ddp])
+
+
+def _prepare(accelerator: Accelerator, model: Recommender, opt):
+    """``accelerator.prepare`` (DDP with several processes) without syncing the frozen text tables.
+
+    Every rank loaded the same tables from disk; DDP would otherwise broadcast them from rank 0 when
+    wrapping and again before every forward (``broadcast_buffers``): gigabytes per step at 16 M comments.
+    """
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [name for name, _ in model.named_buffers() if name in ("video_table", "comment_table")])
+    return accelerator.prepare(model, opt)
 
 
 def _optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
@@ -124,7 +143,9 @@ def _monitor(cfg: DictConfig, val: dict) -> float:
 
 def _train_epoch(model, batches, opt, sched, accelerator, cfg, state: _State, logger) -> float:
     model.train()
-    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed * 1000 + state.epoch)
+    # the ID-text negatives: per epoch and per rank (rank 0 draws what a one-process run draws)
+    seed = cfg.seed * 1000 + state.epoch + _RANK_STRIDE * accelerator.process_index
+    generator = torch.Generator(device=accelerator.device).manual_seed(seed)
     total, n = 0.0, 0
     for batch in tqdm(batches, desc=f"epoch {state.epoch}", disable=not is_rank_zero(), leave=False):
         out = model(batch.to(accelerator.device), generator=generator)
@@ -138,7 +159,17 @@ def _train_epoch(model, batches, opt, sched, accelerator, cfg, state: _State, lo
         total, n = total + out["loss"].item(), n + 1
         if state.step % 50 == 0:
             logger.log({f"train/{k}": v.item() for k, v in out.items()} | {"lr": sched.get_last_lr()[0]}, step=state.step)
-    return total / max(n, 1)
+    # every rank ran the same number of equal-sized steps, so the mean of the ranks' means is the
+    # epoch's mean loss over all samples
+    return accelerator.reduce(torch.tensor(total / max(n, 1), device=accelerator.device), "mean").item()
+
+
+def _agreed(accelerator: Accelerator, score: float) -> float:
+    """Rank 0's monitored value on every rank, so early stopping and checkpoint selection cannot
+    diverge even where an all-reduce is not bitwise identical on every rank."""
+    if accelerator.num_processes == 1:
+        return score
+    return broadcast_object_list([score], from_process=0)[0]
 
 
 def run(cfg: DictConfig) -> float:
@@ -157,7 +188,7 @@ def run(cfg: DictConfig) -> float:
         state = _resume(Path(f.resume), model, opt, sched)
         if is_rank_zero() and (Path(f.resume) / "best").exists():
             shutil.copytree(Path(f.resume) / "best", path / "best", dirs_exist_ok=True)
-    model, opt = accelerator.prepare(model, opt)
+    model, opt = _prepare(accelerator, model, opt)
     core: Recommender = accelerator.unwrap_model(model)
     evaluator = Evaluator(ds, gatherer, task, eval_config(cfg), accelerator.device)
     logger = start_logger(cfg, path)
@@ -169,11 +200,12 @@ def run(cfg: DictConfig) -> float:
     t0 = time.perf_counter()
     while state.epoch < f.epochs and state.bad < f.patience:
         batches.set_epoch(state.epoch)
-        torch.manual_seed(cfg.seed + state.epoch)  # dropout: the same per epoch, resumed or not
+        # dropout: the same per epoch, resumed or not; independent masks on each rank
+        torch.manual_seed(cfg.seed + state.epoch + _RANK_STRIDE * accelerator.process_index)
         loss = _train_epoch(model, batches, opt, sched, accelerator, cfg, state, logger)
         core.eval()
-        val = evaluator.evaluate(core, "val")
-        score = _monitor(cfg, val)
+        val = evaluator.evaluate(core, "val")  # sharded; metric sums all-reduced over the ranks
+        score = _agreed(accelerator, _monitor(cfg, val))
         improved = score > state.best
         if improved:
             state.best, state.best_epoch, state.bad = score, state.epoch, 0
@@ -186,7 +218,7 @@ def run(cfg: DictConfig) -> float:
         _save(path / "last", core, opt, sched, state)
     if state.best_epoch < 0:  # validation never produced a number (e.g. no val samples)
         _save(path / "best", core)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # rank 0 has written best/ before any rank reads it
     core.load_state_dict(load_file(path / "best" / "model.safetensors"))
     core.eval()
     results = {split: evaluator.evaluate(core, split) for split in cfg.eval.splits}
