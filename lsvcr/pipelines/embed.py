@@ -188,10 +188,7 @@ def _load_encoder(cfg: DictConfig, ds: PreparedDataset):
     """
     init_from = _init_from(cfg)
     if init_from:
-        if not (Path(init_from) / "align").exists():
-            raise ConfigError(f"finetune.init_from={init_from}: {Path(init_from) / 'align'} does not exist; "
-                              "give an alignment run directory written by stage=align")
-        from lsvcr.pipelines.align import load_aligned_llm
+        from lsvcr.pipelines.align import load_aligned_llm  # raises ConfigError naming a bad init_from
 
         bundle, encoder = load_aligned_llm(cfg, init_from)
         return encoder, bundle.tokenizer, bundle.name, init_from
@@ -240,8 +237,7 @@ def _build_tables(cfg: DictConfig, ds: PreparedDataset, out: Path, rank: int, wo
 
 def run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
-    with distributed.rank_zero_first():  # one rank prepares a missing dataset, the others read it
-        ds = load_dataset(cfg)
+    ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
     video, comment, manifest, built = _ensure(cfg, ds)
     summary = {
         "tables_dir": str(tables_dir(cfg, ds)),

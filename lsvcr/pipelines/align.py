@@ -1,0 +1,515 @@
+"""stage=align: the LoRA LLM and the SR trained together (DESIGN section 4), and the hand-over to
+the later stages (:func:`load_aligned_llm` for ``stage=embed``, :func:`load_aligned_sr` for
+``stage=finetune``).
+
+    lsvcr stage=align                                         # task=joint, tiny LLM, CPU
+    lsvcr stage=align task=rec prompts=en model/llm=qwen2_5_0_5b hardware=gpu
+    lsvcr stage=align hardware=deepspeed_z2 hardware.nproc_per_node=8 model/llm=chatglm3_6b \\
+        align.micro_batch_size=2 align.grad_accum=8 align.max_steps=null          # the paper's run
+    lsvcr stage=align align.resume=<run dir or checkpoint dir>
+
+Run directory: ``align/`` (final checkpoint: ``lora/``, ``modules.safetensors``, ``tokenizer/``,
+``alignment.json``, ``config.yaml``, ``trainer_state.json`` and ``trainer.pt`` or ``deepspeed/``),
+``align_step<N>/`` (the same every ``align.save_every`` steps), ``losses.json`` (the loss curve),
+``align.json`` (summary), ``metrics.jsonl``, and ``deepspeed_config.json`` under DeepSpeed.
+
+Why an Accelerate loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
+batch (prompts + a batch-local text table + histories) whose InfoNCE terms gather negatives from
+every rank, and every part is logged; the ``Trainer`` wants dict batches and one loss, and resuming
+it exactly would mean re-implementing its data skipping. Accelerate keeps the loop explicit while
+giving one code path for CPU, DDP and DeepSpeed ZeRO (its ``DeepSpeedPlugin``, filled from
+``hardware.deepspeed``), mixed precision and gradient accumulation.
+
+Resuming is exact: the data order is a seeded permutation per epoch, every micro-batch draws its
+augmentation and dropout from a seed of (seed, epoch, micro-batch, rank), so a resumed run starts
+at its step without replaying the batches before it and computes the same losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import resource
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DummyOptim, DummyScheduler
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from lsvcr import distributed
+from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig
+from lsvcr.data.errors import ConfigError
+from lsvcr.data.history import HistoryGatherer
+from lsvcr.data.prompts import PromptBuilder
+from lsvcr.models.align import (
+    META_FILE,
+    MODULES_FILE,
+    TOKENIZER_DIR,
+    AlignmentModel,
+    load_alignment,
+    load_sr_for_finetune,
+    save_alignment,
+)
+from lsvcr.models.llm.loader import LLMBundle
+from lsvcr.models.llm.text_encoder import LLMTextEncoder
+from lsvcr.models.llm.tokenizer import FINGERPRINT_FILE
+from lsvcr.pipelines.common import load_dataset, run_dir, start_logger, write_json
+from lsvcr.pipelines.embed import dataset_texts, llm_workdir
+from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
+from lsvcr.utils.loggers import is_rank_zero
+
+log = logging.getLogger("lsvcr")
+
+CKPT_DIR, STATE_FILE, TRAINER_FILE, DS_DIR = "align", "trainer_state.json", "trainer.pt", "deepspeed"
+LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
+
+
+# ---------------------------------------------------------------- config -> parts
+
+
+def _tasks(cfg: DictConfig) -> list[str]:
+    name = cfg.task.name
+    if name not in ("joint", "rec", "comm_rank"):
+        raise ConfigError(f"task={name}: stage=align trains on task=joint, rec or comm_rank")
+    return ["rec", "comm_rank"] if name == "joint" else [name]
+
+
+def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
+    """``model/sr`` as LSVCR keyword arguments (the alignment model forces no IDs, random positions)."""
+    if cfg.model.sr.get("_target_") != "lsvcr.models.sr.lsvcr.LSVCR":
+        raise ConfigError(f"model/sr={cfg.model.sr.name}: the alignment stage trains LSVCR's SR; use model/sr=lsvcr")
+    sr = OmegaConf.to_container(cfg.model.sr, resolve=True)
+    longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
+    if sr["max_position"] < longest:
+        raise ConfigError(f"model.sr.max_position={sr['max_position']} is shorter than the histories ({longest})")
+    return {k: v for k, v in sr.items() if k not in ("name", "_target_")} | {"num_videos": num_videos}
+
+
+def build_llm(cfg: DictConfig, ds) -> LLMBundle:
+    """``model/llm`` on ``ds`` with the embed stage's tokenizer directory (one tokenizer for both)."""
+    spec = instantiate(cfg.model.llm)
+    with distributed.rank_zero_first():  # rank 0 trains and saves the tiny tokenizer; the others reload it
+        return spec.build(lambda: dataset_texts(ds), llm_workdir(cfg, ds))
+
+
+@dataclass
+class Plan:
+    """Batch arithmetic of a run; a resumed run must have the same ``samples_per_step``."""
+
+    micro_batch_size: int
+    grad_accum: int
+    world: int
+    samples: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.world
+
+
+def _plan(cfg: DictConfig, samples: int, world: int) -> Plan:
+    a = cfg.align
+    micro, accum = int(a.micro_batch_size), int(a.grad_accum)
+    if min(micro, accum, int(a.epochs), int(a.log_every), int(a.save_every or 1)) < 1:
+        raise ConfigError("align.micro_batch_size, grad_accum, epochs, log_every and save_every must be positive")
+    per_epoch = samples // (micro * accum * world)  # the incomplete last step of an epoch is dropped
+    if per_epoch == 0:
+        raise ConfigError(f"align: {samples} training samples are fewer than one optimizer step takes "
+                          f"({micro} x {accum} x {world} processes); lower align.micro_batch_size or align.grad_accum")
+    total = per_epoch * int(a.epochs)
+    if a.max_steps is not None:
+        total = min(total, int(a.max_steps))
+    return Plan(micro, accum, world, samples, per_epoch, total)
+
+
+class AlignEpoch(Dataset):
+    """One rank's micro-batches of one epoch: item ``b`` is micro-batch ``b`` as an ``AlignBatch``.
+
+    Global micro-batch ``b`` is ``order[b * micro * world : (b + 1) * micro * world]`` and rank ``r``
+    takes its ``r``-th slice, so the samples of an optimizer step do not depend on the process count.
+    The augmentation draws come from ``(seed, epoch, b, rank)``, so any batch can be built alone.
+    """
+
+    def __init__(self, items: np.ndarray, collator: AlignCollator, plan: Plan, rank: int, seed: int, epoch: int):
+        self.items, self.collator, self.plan = items, collator, plan
+        self.rank, self.seed, self.epoch = rank, seed, epoch
+        self.order = np.random.default_rng([seed, epoch]).permutation(len(items))
+
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch * self.plan.grad_accum
+
+    def __getitem__(self, b: int):
+        p = self.plan
+        start = (b * p.world + self.rank) * p.micro_batch_size
+        rng = np.random.default_rng([self.seed, self.epoch, b, self.rank])
+        items = self.items[self.order[start:start + p.micro_batch_size]]
+        return self.collator.encode(self.collator.views(items, rng), rng)
+
+
+def _unbatched(x):
+    return x
+
+
+def _collator(cfg: DictConfig, ds, tokenizer) -> AlignCollator:
+    a = cfg.align
+    try:
+        prompts = PromptBuilder(OmegaConf.to_container(cfg.prompts, resolve=True), tokenizer,
+                                a.max_prompt_tokens, a.max_response_tokens)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
+    aug = AugmentConfig(**OmegaConf.to_container(a.augment, resolve=True))
+    return AlignCollator(ds, gatherer, prompts, cfg.embed.max_length, aug, seed=int(cfg.seed),
+                         max_item_comments=int(a.max_item_comments))
+
+
+def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
+    """Dropout and random positions of one micro-batch: the same in a resumed run."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, micro, rank]).generate_state(1)[0]))
+
+
+# ---------------------------------------------------------------- engine
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _numbers(cfg: DictConfig, plan: Plan, hidden_size: int) -> TrainingNumbers:
+    a = cfg.align
+    return TrainingNumbers(micro_batch_size=plan.micro_batch_size, grad_accum=plan.grad_accum, world_size=plan.world,
+                           precision=cfg.hardware.precision, lr=float(a.lr), weight_decay=float(a.weight_decay),
+                           betas=tuple(a.betas), eps=float(a.eps), grad_clip=float(a.max_grad_norm or 0.0),
+                           warmup_steps=_warmup(cfg, plan), total_steps=plan.total_steps, hidden_size=hidden_size)
+
+
+def _warmup(cfg: DictConfig, plan: Plan) -> int:
+    return int(math.ceil(float(cfg.align.warmup_ratio) * plan.total_steps))
+
+
+def _accelerator(cfg: DictConfig, plan: Plan, hidden_size: int, path: Path) -> Accelerator:
+    hw = cfg.hardware
+    plugin = None
+    if hw.launcher == "deepspeed":
+        ds_config = fill_auto(OmegaConf.to_container(hw.deepspeed, resolve=True), _numbers(cfg, plan, hidden_size))
+        write_json(path / "deepspeed_config.json", ds_config)
+        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
+    accelerator = Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
+                              gradient_accumulation_steps=plan.grad_accum, deepspeed_plugin=plugin)
+    if plugin is not None and accelerator.state.deepspeed_plugin is None:
+        # Accelerate quietly drops DeepSpeed when it runs on the CPU; a DDP run under a DeepSpeed name would mislead
+        raise ConfigError(f"hardware={hw.name}: Accelerate did not enable DeepSpeed (it needs CUDA GPUs)")
+    return accelerator
+
+
+def _prepare(cfg: DictConfig, accelerator: Accelerator, model: AlignmentModel, plan: Plan):
+    """``(model, optimizer, scheduler)`` prepared by Accelerate.
+
+    With an ``optimizer`` block in the DeepSpeed config the engine builds the optimizer and steps the
+    scheduler; otherwise AdamW, and the loop steps the scheduler once per optimizer step (not the
+    ``num_processes`` times a prepared scheduler would).
+    """
+    a = cfg.align
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def schedule(opt):
+        return get_scheduler(a.scheduler, opt, num_warmup_steps=_warmup(cfg, plan), num_training_steps=plan.total_steps)
+
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and "optimizer" in plugin.deepspeed_config:
+        opt = DummyOptim(params, lr=float(a.lr), weight_decay=float(a.weight_decay))
+        return accelerator.prepare(model, opt, DummyScheduler(opt, lr_scheduler_callable=schedule))
+    opt = torch.optim.AdamW(params, lr=float(a.lr), weight_decay=float(a.weight_decay), betas=tuple(a.betas),
+                            eps=float(a.eps))
+    sched = schedule(opt)
+    model, opt = accelerator.prepare(model, opt)
+    return model, opt, sched
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    losses: list | None = None  # one entry per logged step
+
+
+def _save(path: Path, r: "_Run") -> None:
+    """A resumable checkpoint in ``path`` (every rank calls: DeepSpeed saves its shards collectively)."""
+    core: AlignmentModel = r.accelerator.unwrap_model(r.model)
+    with _gathered(r.accelerator, core):
+        if is_rank_zero():
+            save_alignment(core, path)
+            stamp = r.workdir / "tokenizer" / FINGERPRINT_FILE  # marks a trained tiny tokenizer as loadable
+            if stamp.exists():
+                shutil.copy2(stamp, path / TOKENIZER_DIR / FINGERPRINT_FILE)
+            (path / "config.yaml").write_text(OmegaConf.to_yaml(r.cfg, resolve=True))
+            (path / STATE_FILE).write_text(json.dumps({**asdict(r.state), "plan": asdict(r.plan)}, indent=1))
+    if r.accelerator.state.deepspeed_plugin is not None:
+        r.model.save_checkpoint(str(path / DS_DIR), exclude_frozen_parameters=True)
+    elif is_rank_zero():
+        torch.save({"optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict()}, path / TRAINER_FILE)
+    r.accelerator.wait_for_everyone()
+
+
+def _gathered(accelerator: Accelerator, model: AlignmentModel):
+    """Under ZeRO-3 the trained weights are sharded: gather them (all ranks) while rank 0 saves."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad])
+
+
+def _step_of(path: Path) -> int:
+    return json.loads((path / STATE_FILE).read_text())["step"]
+
+
+def resume_checkpoint(resume: str) -> Path:
+    """``align.resume``: a checkpoint directory, or a run directory (its latest checkpoint)."""
+    path = Path(str(resume)).expanduser().resolve()
+    if (path / STATE_FILE).exists():
+        return path
+    found = [p for p in [path / CKPT_DIR, *path.glob(f"{CKPT_DIR}_step*")] if (p / STATE_FILE).exists()]
+    if not found:
+        raise ConfigError(f"align.resume={path}: no checkpoint ({STATE_FILE}) in it, in {CKPT_DIR}/ or in "
+                          f"{CKPT_DIR}_step*/")
+    return max(found, key=_step_of)
+
+
+def _load_trainer(ckpt: Path, accelerator: Accelerator, model, opt, sched, plan: Plan) -> TrainState:
+    saved = json.loads((ckpt / STATE_FILE).read_text())
+    old = Plan(**saved["plan"])
+    if old.samples_per_step != plan.samples_per_step or old.samples != plan.samples:
+        raise ConfigError(f"align.resume={ckpt}: it took {old.samples_per_step} of {old.samples} samples per step, "
+                          f"this run {plan.samples_per_step} of {plan.samples}; resume with the same batch sizes, "
+                          "processes and data")
+    if accelerator.state.deepspeed_plugin is not None:
+        model.load_checkpoint(str(ckpt / DS_DIR), load_module_strict=False)
+    else:
+        trainer = torch.load(ckpt / TRAINER_FILE, weights_only=True, map_location="cpu")
+        opt.load_state_dict(trainer["optimizer"])
+        sched.load_state_dict(trainer["scheduler"])
+    log.info("resumed %s at step %d of %d", ckpt, saved["step"], plan.total_steps)
+    return TrainState(step=int(saved["step"]), losses=list(saved.get("losses") or []))
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class _Run:
+    """What the training loop works on."""
+
+    cfg: DictConfig
+    path: Path
+    workdir: Path
+    accelerator: Accelerator
+    model: torch.nn.Module
+    opt: object
+    sched: object
+    plan: Plan
+    items: np.ndarray
+    collator: AlignCollator
+    logger: object
+    state: TrainState
+
+
+def _train(r: _Run) -> None:
+    a, acc, plan, state = r.cfg.align, r.accelerator, r.plan, r.state
+    params = [p for p in r.model.parameters() if p.requires_grad]
+    window, count, norm = defaultdict(float), 0, None
+    bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
+    r.model.train()
+    while state.step < plan.total_steps:
+        epoch, done = divmod(state.step, plan.steps_per_epoch)
+        data = AlignEpoch(r.items, r.collator, plan, acc.process_index, int(r.cfg.seed), epoch)
+        first = done * plan.grad_accum  # a resumed run starts at its step's first micro-batch
+        loader = DataLoader(data, batch_size=None, sampler=range(first, len(data)), collate_fn=_unbatched,
+                            num_workers=int(a.num_workers))
+        for micro, batch in zip(range(first, len(data)), loader):
+            _seed_step(int(r.cfg.seed), epoch, micro, acc.process_index)
+            with acc.accumulate(r.model):
+                out = r.model(batch.to(acc.device))
+                acc.backward(out["loss"])
+                if acc.sync_gradients and a.max_grad_norm:
+                    norm = acc.clip_grad_norm_(params, float(a.max_grad_norm))  # None under DeepSpeed (it clips)
+                r.opt.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    r.sched.step()
+                r.opt.zero_grad(set_to_none=True)
+            for k in LOSS_KEYS:
+                window[k] += float(out[k].detach())
+            count += 1
+            if not acc.sync_gradients:
+                continue
+            state.step += 1
+            bar.update(1)
+            if state.step % int(a.log_every) == 0 or state.step == plan.total_steps:
+                entry = _log_window(r, window, count, epoch, norm)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                window, count = defaultdict(float), 0
+            if a.save_every and state.step % int(a.save_every) == 0 and state.step < plan.total_steps:
+                _save(r.path / f"{CKPT_DIR}_step{state.step}", r)
+            if state.step >= plan.total_steps:
+                break
+    bar.close()
+
+
+def _log_window(r: _Run, window: dict, count: int, epoch: int, norm) -> dict:
+    """Average the window's losses over its micro-batches and all ranks; log and record them."""
+    means = torch.tensor([window[k] / max(count, 1) for k in LOSS_KEYS], device=r.accelerator.device)
+    means = r.accelerator.reduce(means, reduction="mean")
+    entry = {"step": r.state.step, "epoch": epoch, "lr": float(r.sched.get_last_lr()[0])}
+    entry |= {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means.tolist())}
+    if norm is not None:
+        entry["grad_norm"] = round(float(norm), 6)
+    r.state.losses.append(entry)
+    r.logger.log({f"train/{k}" if k in LOSS_KEYS else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
+    log.info("step %d/%d: %s", r.state.step, r.plan.total_steps,
+             ", ".join(f"{k} {entry[k]:.4f}" for k in LOSS_KEYS))
+    return entry
+
+
+def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
+    a = cfg.align
+    kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
+                  temperature=float(a.temperature))
+    if ckpt is not None:
+        return load_alignment(ckpt, bundle, trainable=True, gradient_checkpointing=bundle.gradient_checkpointing,
+                              **kwargs)
+    torch.manual_seed(int(cfg.seed))  # the SR's, MLP's and adapter's initial weights
+    return AlignmentModel.from_bundle(bundle, _sr_config(cfg, ds.num_videos), **kwargs)
+
+
+def run(cfg: DictConfig) -> float:
+    tasks = _tasks(cfg)
+    _sr_config(cfg, 0)  # a wrong model/sr fails before any work
+    if cfg.hardware.launcher == "deepspeed" and cfg.hardware.accelerator != "cuda":
+        raise ConfigError(f"hardware={cfg.hardware.name}: DeepSpeed (through Accelerate) runs on CUDA GPUs only; "
+                          "on the CPU use hardware=cpu_ddp")
+    path = run_dir(cfg)
+    ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
+    bundle = build_llm(cfg, ds)
+    items = AlignSamples(ds, tasks).items
+    plan = _plan(cfg, len(items), _world())
+    accelerator = _accelerator(cfg, plan, bundle.hidden_size, path)
+    ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
+    model, opt, sched = _prepare(cfg, accelerator, _model(cfg, bundle, ds, ckpt), plan)
+    state = _load_trainer(ckpt, accelerator, model, opt, sched, plan) if ckpt else TrainState(0, [])
+    r = _Run(cfg, path, llm_workdir(cfg, ds), accelerator, model, opt, sched, plan, items,
+             _collator(cfg, ds, bundle.tokenizer), start_logger(cfg, path), state)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
+             "%d samples per step (%d x %d accumulation x %d processes), %d trainable parameters", bundle.name,
+             cfg.model.sr.name, "+".join(tasks), plan.samples, plan.total_steps - state.step, plan.total_steps,
+             plan.steps_per_epoch, cfg.align.max_steps, plan.samples_per_step, plan.micro_batch_size,
+             plan.grad_accum, plan.world, trainable)
+    start, t0 = state.step, time.perf_counter()
+    _train(r)
+    seconds = time.perf_counter() - t0
+    _save(path / CKPT_DIR, r)
+    r.logger.finish()
+    return _summarise(r, state.step - start, seconds)
+
+
+def _summarise(r: _Run, steps: int, seconds: float) -> float:
+    cuda = torch.cuda.is_available() and r.accelerator.device.type == "cuda"
+    summary = {
+        "checkpoint": str(r.path / CKPT_DIR), "steps": steps, "total_steps": r.plan.total_steps,
+        "seconds": round(seconds, 2), "steps_per_second": round(steps / max(seconds, 1e-9), 3),
+        "samples_per_second": round(steps * r.plan.samples_per_step / max(seconds, 1e-9), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        "plan": asdict(r.plan), "final": r.state.losses[-1] if r.state.losses else None,
+    }
+    write_json(r.path / "losses.json", r.state.losses)
+    write_json(r.path / "align.json", summary)
+    log.info("aligned in %.1fs: %d steps (%.2f steps/s, %.1f samples/s), peak RSS %.0f MB%s; checkpoint %s",
+             seconds, steps, summary["steps_per_second"], summary["samples_per_second"], summary["peak_rss_mb"],
+             f", peak CUDA {summary['peak_cuda_mb']:.0f} MB" if cuda else "", summary["checkpoint"])
+    return float(summary["final"]["loss"]) if summary["final"] else float("nan")
+
+
+# ---------------------------------------------------------------- hand-over to embed / finetune
+
+
+def alignment_checkpoint(init_from) -> Path:
+    """The checkpoint of ``finetune.init_from``: ``<run>/align/``, or a checkpoint directory itself."""
+    path = Path(str(init_from)).expanduser().resolve()
+    for ckpt in (path / CKPT_DIR, path):
+        if (ckpt / META_FILE).exists() and (ckpt / MODULES_FILE).exists():
+            return ckpt
+    raise ConfigError(f"finetune.init_from={path}: no alignment checkpoint in {path / CKPT_DIR} (or {path}); "
+                      "give a run directory written by stage=align")
+
+
+def load_aligned_llm(cfg: DictConfig, init_from) -> tuple[LLMBundle, LLMTextEncoder]:
+    """The aligned LLM (base model of the run's ``model/llm``, its tokenizer, LoRA merged in) and its
+    text encoder with the trained ``llm_emb_mlp``, in eval mode."""
+    ckpt = alignment_checkpoint(init_from)
+    saved = OmegaConf.load(ckpt / "config.yaml").model.llm
+    if OmegaConf.to_container(cfg.model.llm, resolve=True) != OmegaConf.to_container(saved, resolve=True):
+        log.warning("finetune.init_from=%s was aligned on model/llm=%s; using that LLM, not model/llm=%s",
+                    ckpt.parent, saved.name, cfg.model.llm.name)
+    bundle = instantiate(saved).build(None, ckpt)  # the tiny LM reloads the run's tokenizer from ckpt/tokenizer
+    try:
+        model = load_alignment(ckpt, bundle)
+    except ValueError as e:
+        raise ConfigError(f"finetune.init_from={ckpt.parent}: {e}") from None
+    encoder = model.text_encoder
+    encoder.llm = model.llm.merge_and_unload()  # plain weights: no LoRA detour per layer when encoding
+    encoder.eval()
+    bundle.model, bundle.source = encoder.llm, f"{bundle.source} + LoRA {ckpt}"
+    return bundle, encoder
+
+
+def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width: int | None) -> torch.nn.Module | None:
+    """Load the aligned SR weights into ``sr`` (positions resized, fresh ID embeddings, exactly those
+    keys missing); returns ``llm_emb_mlp`` when the tables are wider than the SR's input, else None."""
+    ckpt = alignment_checkpoint(init_from)
+    where = f"finetune.init_from={ckpt.parent}"
+    if not hasattr(sr, "load_aligned"):
+        raise ConfigError(f"{where}: model/sr={cfg.model.sr.name} cannot start from an alignment run; "
+                          "use model/sr=lsvcr")
+    try:
+        sr_state, mlp_state = load_sr_for_finetune(ckpt)
+        sr.load_aligned(sr_state)
+    except (ValueError, RuntimeError) as e:
+        aligned = json.loads((ckpt / META_FILE).read_text())["sr_config"]
+        raise ConfigError(f"{where}: its SR does not fit model/sr={cfg.model.sr.name} ({str(e).splitlines()[0]}); "
+                          f"it was aligned with {aligned}") from None
+    log.info("fine-tuning starts from the aligned SR of %s", ckpt)
+    if table_width is None or table_width == sr.adapter.in_features:
+        return None
+    mlp = _mlp(mlp_state)
+    if mlp[0].in_features != table_width or mlp[-1].out_features != sr.adapter.in_features:
+        raise ConfigError(f"{where}: its llm_emb_mlp maps {mlp[0].in_features} -> {mlp[-1].out_features}, but the "
+                          f"tables are {table_width} wide and the SR reads {sr.adapter.in_features}")
+    return mlp
+
+
+def _mlp(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
+    """``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out) rebuilt from its saved weights."""
+    inner, hidden = state["0.weight"].shape
+    out = state["2.weight"].shape[0]
+    mlp = torch.nn.Sequential(torch.nn.Linear(hidden, inner), torch.nn.GELU(), torch.nn.Linear(inner, out))
+    mlp.load_state_dict(state)
+    return mlp

@@ -1,0 +1,128 @@
+"""stage=align on the real CLI: the loss falls, the checkpoint layout, exact resume, and the hand-over
+to stage=embed and stage=finetune (finetune.init_from)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY, run_cli
+from lsvcr.data.errors import ConfigError
+from lsvcr.models.sr.lsvcr import LSVCR
+from lsvcr.pipelines.align import load_aligned_sr
+
+pytestmark = pytest.mark.slow
+# a narrower tiny LM than the preset's: faster, and its hidden size (128) differs from the tables' 256
+COMMON = [*TINY, "embed.max_length=16", "model.llm.hidden_size=128", "model.llm.intermediate_size=256"]
+# 8 optimizer steps of 16 samples (2 micro-batches of 8): in-batch InfoNCE over 8 is steady enough for
+# the loss to fall within a few steps at a high learning rate; English prompts are shorter
+ALIGN = ["stage=align", *COMMON, "prompts=en", "align.max_prompt_tokens=512", "align.micro_batch_size=8",
+         "align.grad_accum=2", "align.max_steps=8", "align.lr=3e-3", "align.log_every=2", "align.save_every=4"]
+ENV = {"OMP_NUM_THREADS": "1"}  # torch threads oversubscribe the shared cores otherwise
+
+
+def cli(args: list[str], out: Path, run: Path):
+    r = run_cli([*args, f"hydra.run.dir={run}"], out, env=ENV)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r.stdout + r.stderr  # the log goes to stdout, warnings and progress bars to stderr
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """One tiny `lsvcr stage=align` run: (output dir, run dir)."""
+    out = tmp_path_factory.mktemp("align")
+    cli(ALIGN, out, out / "align_run")
+    return out, out / "align_run"
+
+
+def test_total_loss_falls_and_every_part_is_logged(aligned):
+    _, run = aligned
+    losses = json.loads((run / "losses.json").read_text())
+    assert [e["step"] for e in losses] == [2, 4, 6, 8]
+    for e in losses:
+        assert {"loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss", "lr"} <= set(e)
+        assert e["loss"] == pytest.approx(e["lm_loss"] + e["rec_loss"] + 0.5 * e["contrast_loss"], rel=1e-4)
+    assert losses[-1]["loss"] < losses[0]["loss"]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged if "train/loss" in m] == [2, 4, 6, 8]
+    summary = json.loads((run / "align.json").read_text())
+    assert summary["steps"] == 8 and summary["steps_per_second"] > 0 and summary["peak_rss_mb"] > 0
+
+
+def test_checkpoint_layout(aligned):
+    _, run = aligned
+    for ckpt in (run / "align", run / "align_step4"):
+        names = {p.name for p in ckpt.iterdir()}
+        assert {"lora", "modules.safetensors", "tokenizer", "alignment.json", "config.yaml",
+                "trainer_state.json", "trainer.pt"} <= names
+        assert (ckpt / "lora" / "adapter_model.safetensors").exists()
+        assert (ckpt / "tokenizer" / "tokenizer.json").exists()
+    assert json.loads((run / "align" / "trainer_state.json").read_text())["step"] == 8
+    state = load_file(run / "align" / "modules.safetensors")
+    assert {k.split(".")[0] for k in state} == {"sr", "llm_emb_mlp", "contrast_adapter"}
+    assert not any(k.startswith("sr.id_embedding") for k in state)  # alignment has no ID embeddings
+
+
+def test_resumed_run_matches_uninterrupted(aligned):
+    out, run = aligned
+    resumed = out / "resumed"
+    text = cli([*ALIGN, f"align.resume={run / 'align_step4'}"], out, resumed)
+    assert f"resumed {run / 'align_step4'} at step 4 of 8" in text
+    want, got = (json.loads((d / "losses.json").read_text()) for d in (run, resumed))
+    assert [e["step"] for e in got] == [2, 4, 6, 8]
+    assert got == want  # steps 6 and 8 recomputed after the resume: the same values
+    a, b = (load_file(d / "align" / "modules.safetensors") for d in (run, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_embed_and_finetune_start_from_the_alignment(aligned):
+    out, run = aligned
+    cli(["stage=embed", *COMMON], out, out / "embed_base")
+    cli(["stage=embed", *COMMON, f"finetune.init_from={run}"], out, out / "embed_aligned")
+    base, tuned = (json.loads((out / d / "embed.json").read_text()) for d in ("embed_base", "embed_aligned"))
+    assert base["tables_dir"] != tuned["tables_dir"]
+    manifest = json.loads((Path(tuned["tables_dir"]) / "embed_manifest.json").read_text())
+    assert manifest["checkpoint"] == str(run.resolve())
+    for table in ("videos.npy", "comments.npy"):
+        a, b = np.load(Path(base["tables_dir"]) / table), np.load(Path(tuned["tables_dir"]) / table)
+        assert a.shape == b.shape and np.isfinite(b).all() and not np.allclose(a, b)
+    # epochs=0: the selected weights are exactly what the hand-over loaded
+    text = cli(["stage=finetune", "task=rec", "model/sr=lsvcr", *COMMON, f"finetune.init_from={run}",
+                "finetune.epochs=0"], out, out / "finetune")
+    assert "text tables: reusing" in text and "starts from the aligned SR" in text
+    loaded = load_file(out / "finetune" / "best" / "model.safetensors")
+    aligned_state = load_file(run / "align" / "modules.safetensors")
+    shared = [k for k in aligned_state if k.startswith("sr.")]
+    assert shared and all(torch.equal(loaded[k], aligned_state[k]) for k in shared)
+    assert set(loaded) - set(aligned_state) == {"sr.id_embedding.weight", "sr.gate"}  # fresh ID embeddings only
+    assert json.loads((out / "finetune" / "metrics.json").read_text())["results"]["test"]["full"]["count"] > 0
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["model/sr=lsvcr", *COMMON, *overrides])
+
+
+def test_init_from_errors_name_the_setting(aligned, tmp_path):
+    _, run = aligned
+    cfg = _cfg()
+    with pytest.raises(ConfigError, match=rf"finetune\.init_from={tmp_path}: no alignment checkpoint"):
+        load_aligned_sr(cfg, LSVCR(200), tmp_path, None)
+    with pytest.raises(ConfigError, match=r"finetune\.init_from=.*does not fit model/sr=lsvcr"):
+        load_aligned_sr(_cfg("model.sr.hidden_size=32"), LSVCR(200, hidden_size=32), run, None)
+    # a table of raw hidden states (wider than the SR's input) goes through the aligned llm_emb_mlp
+    hidden = json.loads((run / "align" / "alignment.json").read_text())["llm_hidden_size"]
+    assert load_aligned_sr(cfg, LSVCR(200), run, table_width=256) is None
+    projection = load_aligned_sr(cfg, LSVCR(200, max_position=60), run, table_width=hidden)
+    assert projection(torch.zeros(3, hidden)).shape == (3, 256)
+
+
+def test_align_needs_the_lsvcr_sr(tmp_path):
+    r = run_cli(["stage=align", "model/sr=sasrec", *COMMON], tmp_path, env=ENV)
+    assert r.returncode == 2 and "model/sr=sasrec" in r.stderr
