@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,29 @@ def run_cli(args: list[str], out_dir: Path, timeout: int = 300, env: dict | None
          "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "lsvcr.main", *args], cwd=REPO, env=e, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# small prompt templates for alignment tests (the real ones are conf/prompts/*.yaml)
+TEST_TEMPLATES = {
+    "numbering": "{index}. ", "video_item": "{title}; {comment}", "comment_item": "{title}; {comments}",
+    "comment_join": " | ", "no_comment": "none", "empty_history": "empty",
+    "templates": {
+        "rec": ["V:\n{video_history}\nC:\n{comment_history}\nNEXT:", "C:\n{comment_history}\nV:\n{video_history}\nNEXT:"],
+        "comm_rank": ["V:\n{video_history}\nC:\n{comment_history}\nNOW {target_title}:",
+                      "C:\n{comment_history}\nV:\n{video_history}\nNOW {target_title}:"],
+    },
+}
+
+
+def spawn_workers(worker, args: tuple, nprocs: int, timeout: float = 120) -> None:
+    """``torch.multiprocessing.spawn`` that can never hang a test: workers still running after
+    ``timeout`` seconds are killed and the test fails."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("distributed workers timed out")

@@ -15,15 +15,9 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.models.llm.tokenizer import BPETokenizerTrainer
 
-TEMPLATES = {
-    "numbering": "{index}. ", "video_item": "{title}; {comment}", "comment_item": "{title}; {comments}",
-    "comment_join": " | ", "no_comment": "none", "empty_history": "empty",
-    "templates": {
-        "rec": ["V:\n{video_history}\nC:\n{comment_history}\nNEXT:", "C:\n{comment_history}\nV:\n{video_history}\nNEXT:"],
-        "comm_rank": ["V:\n{video_history}\nC:\n{comment_history}\nNOW {target_title}:",
-                      "C:\n{comment_history}\nV:\n{video_history}\nNOW {target_title}:"],
-    },
-}
+from conftest import TEST_TEMPLATES
+
+TEMPLATES = TEST_TEMPLATES
 
 
 @pytest.fixture(scope="module")

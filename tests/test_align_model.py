@@ -4,13 +4,11 @@ optimisation, gradient paths, gradient checkpointing, checkpoint round trip and 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from lsvcr.data.align_batch import AlignCollator, AugmentConfig, align_items
@@ -24,15 +22,9 @@ from lsvcr.losses.align import alignment_losses, global_mean, masked_behaviour_c
 from lsvcr.models.align import AlignmentModel, load_alignment, load_sr_for_finetune, save_alignment
 from lsvcr.models.sr.lsvcr import LSVCR, SRReadouts
 
-TEMPLATES = {
-    "numbering": "{index}. ", "video_item": "{title}; {comment}", "comment_item": "{title}; {comments}",
-    "comment_join": " | ", "no_comment": "none", "empty_history": "empty",
-    "templates": {
-        "rec": ["V:\n{video_history}\nC:\n{comment_history}\nNEXT:", "C:\n{comment_history}\nV:\n{video_history}\nNEXT:"],
-        "comm_rank": ["V:\n{video_history}\nC:\n{comment_history}\nNOW {target_title}:",
-                      "C:\n{comment_history}\nV:\n{video_history}\nNOW {target_title}:"],
-    },
-}
+from conftest import TEST_TEMPLATES, spawn_workers
+
+TEMPLATES = TEST_TEMPLATES
 SR = dict(llm_emb_size=16, hidden_size=16, num_heads=2, inner_size=32, max_position=8)
 
 
@@ -127,13 +119,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_distributed_alignment_losses_match_single_process(tmp_path):
     world = len(SIZES)
-    ctx = mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers timed out")
+    spawn_workers(_worker, (world, str(tmp_path / "init"), str(tmp_path)), world)
     vecs, hidden, labels, task, has = _full_inputs()
     leaves = [v.requires_grad_() for v in vecs] + [hidden.requires_grad_()]
     single = _total(vecs, hidden, labels, task, has)

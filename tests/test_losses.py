@@ -1,10 +1,10 @@
 import math
-import time
 
 import pytest
 import torch
+
+from conftest import spawn_workers
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lsvcr.losses.contrastive import (
@@ -123,13 +123,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_distributed_symmetric_info_nce_matches_single_process(tmp_path):
     world = len(SIZES)
-    ctx = mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers timed out")
+    spawn_workers(_worker, (world, str(tmp_path / "init"), str(tmp_path)), world)
 
     a, b = _full_batch()
     a.requires_grad_()
