@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch
+from lsvcr.metrics.ranking import full_ranks
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs, lookup_rows
 from lsvcr.models.sr.layers import SequentialRecommender
 
@@ -94,6 +95,14 @@ class Recommender(nn.Module):
         user = self.sr.user_repr(self.inputs(history), "rec")
         reps = self._all_videos() if candidates is None else self._videos(candidates)
         return self.sr.scores(user, reps)
+
+    @torch.no_grad()
+    def rank_videos(self, history: HistoryBatch) -> Tensor:
+        """``[B]`` full-ranking rank of each row's target among every video (row 0, padding,
+        excluded): ``ranks_single(score_videos(history, None), target, columns >= 1)`` without the
+        ``[B, V+1]`` score matrix (:func:`~lsvcr.metrics.ranking.full_ranks`)."""
+        user = self.sr.user_repr(self.inputs(history), "rec")
+        return full_ranks(user / self.sr.temperature, self._all_videos(), history.target, first=1)
 
     @torch.no_grad()
     def score_comments(self, history: HistoryBatch, candidates: Tensor) -> Tensor:

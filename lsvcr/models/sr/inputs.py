@@ -59,9 +59,10 @@ def lookup_rows(table: Tensor, index: Tensor, projection: nn.Module | None = Non
 
 def _slot_mean(values: Tensor, slot: Tensor, weight: Tensor, num_slots: int) -> Tensor:
     """Weighted mean of ``values [N, E]`` per ``slot [N]`` -> ``[num_slots, E]``; empty slots = 0."""
-    sums = values.new_zeros(num_slots, values.shape[-1]).index_add(0, slot, values * weight.unsqueeze(-1))
-    counts = weight.new_zeros(num_slots).index_add(0, slot, weight)
-    return sums / counts.clamp(min=1).unsqueeze(-1)
+    # in place on fresh buffers: the out-of-place forms copy the [num_slots, E] zeros first
+    sums = values.new_zeros(num_slots, values.shape[-1]).index_add_(0, slot, values * weight.unsqueeze(-1))
+    counts = weight.new_zeros(num_slots).index_add_(0, slot, weight)
+    return sums.div_(counts.clamp_(min=1).unsqueeze(-1))
 
 
 def lookup_inputs(

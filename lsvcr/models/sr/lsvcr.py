@@ -23,16 +23,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsvcr.losses.contrastive import info_nce_sampled, sample_other_indices
+from lsvcr.losses.contrastive import info_nce_indexed, sample_other_indices
 from lsvcr.models.sr.inputs import SRInputs
 from lsvcr.models.sr.layers import (
     AdditivePooling,
+    Dropout,
     MultiHeadAttention,
+    Packing,
     SequentialRecommender,
     TransformerEncoder,
     init_weights,
 )
 
+#: samples per attention group (see Packing): smaller groups pad less but run more, smaller products
+GROUP_SIZE = 128
 #: parameters that exist only with ID embeddings (absent from an alignment checkpoint)
 ID_KEYS = ("id_embedding.weight", "gate")
 #: module prefixes that exist only with the comment-history stream
@@ -96,7 +100,7 @@ class LSVCR(SequentialRecommender):
 
         self.adapter = nn.Linear(llm_emb_size, d, bias=False)
         self.merge = nn.Linear(2 * d, d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if use_ids:
             self.id_embedding = nn.Embedding(num_videos + 1, d, padding_idx=0)
             self.gate = nn.Parameter(torch.tensor(1.0))
@@ -170,50 +174,76 @@ class LSVCR(SequentialRecommender):
             pos = (pos + shift).clamp(max=self.max_position - 1)
         return pos
 
-    def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, mask: Tensor, position: nn.Embedding,
-                      norm: nn.LayerNorm) -> Tensor:
-        """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input ``[B, L, d]``."""
-        x = self.merge(torch.cat([self.adapter(title), self.adapter(comment)], dim=-1))
-        x = x + position(self._positions(mask))
+    def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, mask: Tensor, pack: Packing,
+                      position: nn.Embedding, norm: nn.LayerNorm) -> Tensor:
+        """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input rows ``[N, d]`` at ``pack``'s positions."""
+        x = self.merge(torch.cat([self.adapter(pack.pack(title)), self.adapter(pack.pack(comment))], dim=-1))
+        x = x + position(pack.pack(self._positions(mask)))
         if self.use_ids:
-            x = x + self.gate * self.id_embedding(ids)
+            x = x + self.gate * self.id_embedding(pack.pack(ids))
         return self.dropout(norm(x))
+
+    def _encode_rows(self, inputs: SRInputs, video: bool = True, comment: bool = True):
+        """Stream states as rows of the real positions: ``(video [Nv, d], v_pack, comment [Nc, d],
+        c_pack)``; comment ones None without the comment stream. Padding is never computed (it is
+        never read), and a mixed stream that is not asked for (``video``/``comment`` False) is
+        skipped: rec reads only the video stream, comm_rank only the comment stream."""
+        if inputs.v_title is None or inputs.c_title is None or inputs.target_title is None:
+            raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
+        v_pack, c_pack = self._packings(inputs)
+        x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, inputs.v_mask, v_pack,
+                                 self.v_position, self.v_norm)
+        h_v = self.video_encoder.forward_rows(x_v, v_pack, inputs.v_mask, causal=True)
+        if not self.use_comment_history:
+            return h_v, v_pack, None, None
+        x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, inputs.c_mask, c_pack,
+                                 self.c_position, self.c_norm)
+        h_c = self.comment_encoder.forward_rows(x_c, c_pack, inputs.c_mask, causal=True)
+        v = c = None
+        if video:
+            v_mixed = self.video_mix.forward_rows(h_v, v_pack, inputs.c_mask, kv=h_c, kv_pack=c_pack)
+            v = self.video_out(torch.cat([h_v, v_mixed], dim=-1))
+        if comment:
+            c_mixed = self.comment_mix.forward_rows(h_c, c_pack, inputs.v_mask, kv=h_v, kv_pack=v_pack)
+            c = self.comment_out(torch.cat([h_c, c_mixed], dim=-1))
+        return v, v_pack, c, c_pack
 
     def encode(self, inputs: SRInputs) -> tuple[Tensor, Tensor | None]:
         """Stream states: video ``[B, Lv, d]`` and comment ``[B, Lc, d]`` (None without the
-        comment stream). States at padded positions are meaningless and never read."""
-        if inputs.v_title is None or inputs.c_title is None or inputs.target_title is None:
-            raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
-        x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, inputs.v_mask, self.v_position, self.v_norm)
-        h_v = self.video_encoder(x_v, inputs.v_mask, causal=True)
-        if not self.use_comment_history:
-            return h_v, None
-        x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, inputs.c_mask, self.c_position, self.c_norm)
-        h_c = self.comment_encoder(x_c, inputs.c_mask, causal=True)
-        v_mixed = self.video_mix(h_v, inputs.c_mask, kv=h_c)
-        c_mixed = self.comment_mix(h_c, inputs.v_mask, kv=h_v)
-        return (
-            self.video_out(torch.cat([h_v, v_mixed], dim=-1)),
-            self.comment_out(torch.cat([h_c, c_mixed], dim=-1)),
-        )
+        comment stream). States at padded positions are zeros and never read."""
+        v, v_pack, c, c_pack = self._encode_rows(inputs)
+        return v_pack.unpack(v), None if c is None else c_pack.unpack(c)
 
     def _query(self, inputs: SRInputs) -> Tensor:
-        """The target video as attention query ``[B, 1, d]``."""
-        return self._video_embed(inputs.target_ids, inputs.target_title).unsqueeze(1)
+        """The target video as attention query ``[B, d]``."""
+        return self._video_embed(inputs.target_ids, inputs.target_title)
 
-    def _query_readout(self, query: Tensor, states: Tensor, mask: Tensor) -> Tensor:
-        """``query [B, 1, d]`` attends over ``states [B, L, d]`` where ``mask [B, L]`` -> ``[B, d]``."""
-        return self.query_attention(query, states, mask.unsqueeze(1)).squeeze(1)
+    def _packings(self, inputs: SRInputs) -> tuple[Packing, Packing | None]:
+        """Row layouts of the two streams: samples sorted by history length (video, then comment)
+        and cut into groups of :data:`GROUP_SIZE`, the same groups in both streams so that the mix
+        layers can pair them; each group's attention grid is as wide as its longest history."""
+        v_len = inputs.v_mask.sum(1)
+        c_len = inputs.c_mask.sum(1) if self.use_comment_history else torch.zeros_like(v_len)
+        order = torch.argsort(v_len * (inputs.c_mask.shape[1] + 1) + c_len, stable=True)
+        v_pack = Packing.of(inputs.v_mask, order, GROUP_SIZE)
+        return v_pack, v_pack.like(inputs.c_mask) if self.use_comment_history else None
+
+    def _query_readout(self, query: Tensor, states: Tensor, pack: Packing, mask: Tensor) -> Tensor:
+        """``query [B, d]`` attends over the rows ``states [N, d]`` (``pack``) of ``mask [B, L]`` -> ``[B, d]``."""
+        q_pack = pack.like(mask.new_ones(mask.shape[0], 1))
+        plan = self.query_attention.plan(q_pack, pack, mask, False, query.dtype)
+        out = self.query_attention.attend(q_pack.pack(query.unsqueeze(1)), q_pack, states, pack, plan)
+        return q_pack.unpack(out).squeeze(1)
 
     def readouts(self, inputs: SRInputs) -> SRReadouts:
         """All four read-outs, for the alignment's behaviour contrast."""
-        v, c = self.encode(inputs)
+        v, v_pack, c, c_pack = self._encode_rows(inputs)
         query = self._query(inputs)
         return SRReadouts(
-            video_pool=self.pooling(v, inputs.v_mask),
-            video_query=self._query_readout(query, v, inputs.v_mask),
-            comment_pool=None if c is None else self.pooling(c, inputs.c_mask),
-            comment_query=None if c is None else self._query_readout(query, c, inputs.c_mask),
+            video_pool=self.pooling.forward_rows(v, v_pack, inputs.v_mask),
+            video_query=self._query_readout(query, v, v_pack, inputs.v_mask),
+            comment_pool=None if c is None else self.pooling.forward_rows(c, c_pack, inputs.c_mask),
+            comment_query=None if c is None else self._query_readout(query, c, c_pack, inputs.c_mask),
         )
 
     def user_repr(self, inputs: SRInputs, task: str) -> Tensor:
@@ -224,13 +254,13 @@ class LSVCR(SequentialRecommender):
         """
         if task not in ("rec", "comm_rank"):
             raise ValueError(f"unknown task '{task}' (expected 'rec' or 'comm_rank')")
-        v, c = self.encode(inputs)
+        v, v_pack, c, c_pack = self._encode_rows(inputs, video=task == "rec", comment=task == "comm_rank")
         if task == "rec":
-            out = self.pooling(v, inputs.v_mask)
+            out = self.pooling.forward_rows(v, v_pack, inputs.v_mask)
         elif c is None:
-            out = self._query_readout(self._query(inputs), v, inputs.v_mask)
+            out = self._query_readout(self._query(inputs), v, v_pack, inputs.v_mask)
         else:
-            out = self._query_readout(self._query(inputs), c, inputs.c_mask)
+            out = self._query_readout(self._query(inputs), c, c_pack, inputs.c_mask)
         return F.normalize(out, dim=-1)
 
     # ---------------------------------------------------------------- fine-tuning extras
@@ -241,22 +271,37 @@ class LSVCR(SequentialRecommender):
         of the batch (``min(num_negatives, U - 1)`` of them, never itself). Unweighted scalar."""
         if not self.use_ids:
             raise ValueError("id_text_loss needs ID embeddings (use_ids=True)")
-        ids = torch.cat([inputs.v_ids[inputs.v_mask], inputs.c_ids[inputs.c_mask]])
-        titles = torch.cat([inputs.v_title[inputs.v_mask], inputs.c_title[inputs.c_mask]])
+        # Flat positions of the real items (int gathers; the [B, L, E] text is only read at the U
+        # first occurrences below, not copied per item).
+        v_pos, c_pos = inputs.v_mask.reshape(-1).nonzero().squeeze(1), inputs.c_mask.reshape(-1).nonzero().squeeze(1)
+        ids = torch.cat([inputs.v_ids.reshape(-1)[v_pos], inputs.c_ids.reshape(-1)[c_pos]])
         unique, inverse = torch.unique(ids, return_inverse=True)
         if unique.numel() < 2:
             return self.id_embedding.weight.sum() * 0.0
         # A video's title embedding is the same at every position; take its first occurrence.
         order = torch.arange(ids.numel(), device=ids.device)
         first = torch.full_like(unique, ids.numel()).scatter_reduce(0, inverse, order, reduce="amin")
+        titles = self._first_titles(inputs, first, v_pos, c_pos)  # [U, E]
         id_emb = self.id_embedding(unique)  # [U, d]
-        text_emb = self.adapter(titles[first])  # [U, d]
+        text_emb = self.adapter(titles)  # [U, d]
         n = unique.numel()
         neg_text = sample_other_indices(n, num_negatives, ids.device, generator)
         neg_id = sample_other_indices(n, num_negatives, ids.device, generator)
-        id_to_text = info_nce_sampled(id_emb, text_emb, text_emb[neg_text], self.temperature)
-        text_to_id = info_nce_sampled(text_emb, id_emb, id_emb[neg_id], self.temperature)
+        id_to_text = info_nce_indexed(id_emb, text_emb, neg_text, self.temperature)
+        text_to_id = info_nce_indexed(text_emb, id_emb, neg_id, self.temperature)
         return (id_to_text + text_to_id) / 2
+
+    @staticmethod
+    def _first_titles(inputs: SRInputs, first: Tensor, v_pos: Tensor, c_pos: Tensor) -> Tensor:
+        """Title rows ``[U, E]`` at ``first [U]``, offsets into the real video-history items
+        (``v_pos``, flat) followed by the real comment-history items (``c_pos``)."""
+        width = inputs.v_title.shape[-1]
+        from_v = first < v_pos.numel()
+        slots_v, slots_c = from_v.nonzero().squeeze(1), (~from_v).nonzero().squeeze(1)
+        rows_v = inputs.v_title.reshape(-1, width).index_select(0, v_pos[first[slots_v]])
+        rows_c = inputs.c_title.reshape(-1, width).index_select(0, c_pos[first[slots_c] - v_pos.numel()])
+        titles = rows_v.new_zeros(first.numel(), width).index_copy(0, slots_v, rows_v)
+        return titles.index_copy(0, slots_c, rows_c)
 
     def load_aligned(self, state_dict: dict[str, Tensor]) -> None:
         """Load an alignment-stage SR state (no ID embeddings) into this model.
