@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import sys
 import tempfile
 import time

@@ -68,3 +68,21 @@ def test_batch_size_does_not_change_results(small_world, task):
     for protocol in a:
         for k in a[protocol]:
             assert a[protocol][k] == pytest.approx(b[protocol][k], abs=1e-12), (protocol, k)
+
+
+def test_fused_full_ranking_matches_scoring_every_video(small_world):
+    """Recommender.rank_videos (used by the full protocol) ranks exactly as score_videos + ranks_single."""
+    from lsvcr.metrics.ranking import ranks_single
+    from lsvcr.models.recommender import Recommender
+    from lsvcr.models.sr.lsvcr import LSVCR
+
+    ds, _ = small_world
+    torch.manual_seed(0)
+    model = Recommender(LSVCR(ds.num_videos, llm_emb_size=16), torch.randn(ds.num_videos + 1, 16),
+                        torch.randn(ds.num_comments + 1, 16)).eval()
+    h = HistoryGatherer(ds, 50, 50)(ds.samples("rec", "test"), np.arange(64))
+    with torch.no_grad():
+        scores = model.score_videos(h, None)
+        valid = torch.ones_like(scores, dtype=torch.bool)
+        valid[:, 0] = False
+        assert torch.equal(model.rank_videos(h), ranks_single(scores, h.target, valid))

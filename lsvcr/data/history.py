@@ -45,7 +45,6 @@ class HistoryGatherer:
         self.hot_comment[has] = np.asarray(ds.video_comments)[ptr[:-1][has]]
 
     def __call__(self, samples: SampleSet, rows: np.ndarray) -> HistoryBatch:
-        ds = self.ds
         user = samples.user[rows].astype(np.int64)
         v_video = self._video_history(user, samples.vi_end[rows].astype(np.int64))
         c_video, c_comment, c_slot = self._comment_history(user, samples.ci_end[rows].astype(np.int64))

@@ -6,6 +6,9 @@ A *scorer* answers two questions (popularity, random, a fine-tuned SR, ...)::
         (candidates None = every video: returns [B, V+1], column 0 = padding, ignored)
     score_comments(history: HistoryBatch, candidates: LongTensor[B, K]) -> Tensor[B, K]
 
+and may add ``rank_videos(history) -> LongTensor[B]`` (the full-ranking rank of each target), which
+the full protocol then uses instead of scoring every video into one matrix.
+
 Candidates of the sampled protocol are a pure function of (seed, split, sample row), so every
 evaluation of every run, whatever its batch size or process layout, sees the same ones. With several processes each rank takes
 a contiguous shard of the samples and the metric *sums* are all-reduced.
@@ -118,6 +121,8 @@ class Evaluator:
             c = torch.from_numpy(cands).to(self.device)
             scores = scorer.score_videos(history, c).float()
             return ranks_single(scores, torch.zeros(len(c), dtype=torch.long, device=self.device), c > 0)
+        if hasattr(scorer, "rank_videos"):  # fused scoring + counting, no [B, V+1] score matrix
+            return scorer.rank_videos(history)
         step = max(1, _FULL_CHUNK_ELEMS // (self.ds.num_videos + 1))
         parts = []
         for lo in range(0, len(history.target), step):
