@@ -37,13 +37,18 @@ RUNS = [
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
 
-def run_one(args: list[str], out: Path) -> dict:
+def run_one(args: list[str], out: Path, with_run: bool = False) -> dict:
+    """The test results of one `lsvcr` run; with ``with_run`` also its best epoch and train time."""
     env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(OUT / "data")}
     before = set(out.glob("runs/*/*"))
     subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled"], cwd=REPO, env=env,
                    check=True, stdout=subprocess.DEVNULL)
     [run] = set(out.glob("runs/*/*")) - before
-    return json.loads((run / "metrics.json").read_text())["results"]["test"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    if not with_run:
+        return metrics["results"]["test"]
+    return {"test": metrics["results"]["test"], "best_epoch": metrics.get("best_epoch"),
+            "train_seconds": metrics.get("train_seconds"), "run_dir": str(run)}
 
 
 def main() -> None:

@@ -148,7 +148,8 @@ def _torchrun_flags(hw: dict) -> list[str]:
 
 
 def _deepspeed_flags(hw: dict) -> list[str]:
-    # without a hostfile DeepSpeed runs on this node only (and forces master_addr to 127.0.0.1)
+    # without a hostfile DeepSpeed runs on this node only (and forces master_addr to 127.0.0.1); on the
+    # CPU (DS_ACCELERATOR=cpu) --num_gpus is the number of ranks, where DeepSpeed would count NUMA nodes
     flags = ["--num_gpus", str(hw["nproc_per_node"])]
     if hw.get("hostfile"):
         flags += ["--hostfile", str(hw["hostfile"]), "--num_nodes", str(hw["nnodes"]),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig, align_items
+from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig, SampleRandom, align_items
 from lsvcr.data.builder import write_dataset
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
@@ -29,11 +29,12 @@ def world(tmp_path_factory):
     return ds, tok
 
 
-def collator(world, train=True, aug=AugmentConfig(0.0, 0.0), seed=0, max_item_comments=50) -> AlignCollator:
+def collator(world, train=True, aug=AugmentConfig(0.0, 0.0), seed=0, max_item_comments=50,
+             max_position=None) -> AlignCollator:
     ds, tok = world
     pb = PromptBuilder(TEMPLATES, tok, max_prompt_tokens=4096, max_response_tokens=64)
     return AlignCollator(ds, HistoryGatherer(ds, 6, 6), pb, text_max_length=256, aug=aug, seed=seed,
-                         train=train, max_item_comments=max_item_comments)
+                         train=train, max_item_comments=max_item_comments, max_position=max_position)
 
 
 def mixed_items(ds, n=6) -> np.ndarray:
@@ -164,3 +165,43 @@ def test_seeded_and_deterministic(world):
     c.set_epoch(1)
     runs = [c(items) for _ in range(3)]
     assert any(r.input_ids.shape != x.input_ids.shape or not torch.equal(r.input_ids, x.input_ids) for r in runs)
+
+
+def _sample(batch, k: int, tok) -> tuple:
+    """Everything sample ``k`` of ``batch`` shows the LLM and the SR, as text and positions."""
+    table = decode_table(batch, tok)
+    h, lc = batch.history, batch.history.c_video.shape[1]
+    slots = h.c_slot.numpy()
+    prompt = tok.decode(batch.input_ids[k][batch.attention_mask[k].bool()])
+    videos = [(table[v], table[c]) for v, c in zip(h.v_video[k], h.v_comment[k]) if v > 0]
+    comments = [(table[h.c_video[k, j]], sorted(table[c] for c in h.c_comment.numpy()[slots == k * lc + j]))
+                for j in range(lc) if h.c_video[k, j] > 0]
+    n_v, n_c = int(h.v_mask[k].sum()), int(h.c_mask[k].sum())
+    return (prompt, videos, comments, table[batch.target_row[k]], h.v_position[k, :n_v].tolist(),
+            h.c_position[k, :n_c].tolist())
+
+
+def test_per_sample_draws_do_not_depend_on_the_rest_of_the_batch(world):
+    """With SampleRandom every draw (hot comment, augmentation, kept comments, response, template,
+    random positions) is the sample's own: 8 samples in one batch, in two batches of 4 or alone
+    (other history widths) give the same prompts, SR inputs and positions; what 2 processes with
+    micro-batch m then see is what 1 process with 2m sees."""
+    ds, tok = world
+    col = collator(world, aug=AugmentConfig(0.5, 0.5), max_item_comments=2, max_position=10)
+    items = align_items(ds, ["rec", "comm_rank"])
+    items = items[np.random.default_rng(0).permutation(len(items))[:8]]
+    keys = [[1, 0, i] for i in range(8)]
+
+    def batch(part: slice):
+        return col.encode(col.views(items[part], SampleRandom(keys[part])), SampleRandom(keys[part]))
+
+    full = batch(slice(0, 8))
+    pos = full.history.v_position[full.history.v_mask]
+    assert pos.min() >= 0 and pos.max() < 10 and full.history.c_position.shape == full.history.c_video.shape
+    halves, singles = [batch(slice(i, i + 4)) for i in (0, 4)], [batch(slice(i, i + 1)) for i in range(8)]
+    assert len({s.history.v_video.shape[1] for s in singles}) > 1  # the widths differ
+    for k in range(8):
+        want = _sample(full, k, tok)
+        assert _sample(halves[k // 4], k % 4, tok) == want and _sample(singles[k], 0, tok) == want, k
+    other = col.encode(col.views(items, SampleRandom([[2, 0, i] for i in range(8)])), None)
+    assert any(_sample(other, k, tok)[4] != _sample(full, k, tok)[4] for k in range(8))  # the key matters

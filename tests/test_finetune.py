@@ -95,3 +95,16 @@ def test_sasrec_cannot_rank_comments(tmp_path):
 def test_baseline_has_nothing_to_finetune(tmp_path):
     r = run_cli(["stage=finetune", "model/sr=popularity", *TINY], tmp_path, env=ENV)
     assert r.returncode == 2 and "use stage=evaluate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_text_ablation_trains_on_ids_alone(tmp_path):
+    """experiment=lsvcr_no_text: LSVCR's streams over ID embeddings only; no text tables are read."""
+    r = run_cli(["stage=finetune", "task=rec", "experiment=lsvcr_no_text", *FAST, "finetune.epochs=1"], tmp_path,
+                env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [run] = _runs(tmp_path, "finetune-rec-lsvcr_no_text")
+    weights = load_file(run / "best" / "model.safetensors")
+    assert "sr.id_embedding.weight" in weights and not any("adapter" in k or "merge" in k for k in weights)
+    assert not list(tmp_path.rglob("video_emb.npy"))  # the embed stage never ran
+    r = run_cli(["stage=finetune", "task=comm_rank", "experiment=lsvcr_no_text", *FAST], tmp_path, env=ENV)
+    assert r.returncode == 2 and "use task=rec" in r.stderr and "Traceback" not in r.stderr

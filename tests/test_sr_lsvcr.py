@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lsvcr.data.batch import HistoryBatch
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs
 from lsvcr.models.sr.layers import TransformerEncoder
-from lsvcr.models.sr.lsvcr import LSVCR
+from lsvcr.models.sr.lsvcr import LSVCR, sorted_random_positions
 
 V, C, E, D = 12, 30, 8, 8
 
@@ -205,6 +205,25 @@ def test_without_comment_history(inputs):
     assert torch.allclose(model.user_repr(other, "rec"), model.user_repr(inputs, "rec"))
 
 
+def test_without_text_reads_only_ids():
+    model = make_model(use_text=False)
+    assert not model.uses_text and not hasattr(model, "adapter")
+    ids_only = lookup_inputs(make_batch(), None, None)  # no tables, as the Recommender passes them
+    with_text = lookup_inputs(make_batch(), *tables())
+    user = model.user_repr(ids_only, "rec")
+    assert user.shape == (2, D) and torch.isfinite(user).all()
+    assert torch.equal(user, model.user_repr(with_text, "rec"))  # any text is ignored
+    # other history videos change the representation: it does read the ids
+    other = replace(ids_only, v_ids=torch.where(ids_only.v_mask, 11 - ids_only.v_ids, 0))
+    assert not torch.allclose(model.user_repr(other, "rec"), user)
+    table = model.video_table_repr(None)
+    assert torch.allclose(table, F.normalize(model.id_embedding.weight, dim=-1))
+    with pytest.raises(ValueError, match="cannot rank comments"):
+        model.comment_repr(torch.randn(2, E))
+    with pytest.raises(ValueError, match="use_ids or use_text"):
+        make_model(use_text=False, use_ids=False)
+
+
 def test_rec_and_comm_losses_hand_computed():
     model = make_model(temperature=0.5)
     user = torch.tensor([[1.0, 0.0]])
@@ -290,3 +309,15 @@ def test_training_reduces_loss_on_planted_problem():
         loss.backward()
         opt.step()
     assert loss.item() < 0.3 * first, (first, loss.item())
+
+
+def test_random_positions_of_a_sample_do_not_depend_on_the_batch_width():
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    noise = torch.rand(2, 10)
+    pos = sorted_random_positions(noise, mask)
+    assert (pos[:, 1] > pos[:, 0]).all() and pos[1, 2] > pos[1, 1] and pos[0, 2] == 0  # padding: 0
+    wider = sorted_random_positions(noise, torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1))
+    assert torch.equal(wider[:, :3], pos) and (wider[:, 3:] == 0).all()
+    # the alignment's collator draws them per sample; the SR then uses the batch's
+    model = make_model(use_ids=False, random_positions=True, max_position=10).train()
+    assert torch.equal(model._positions(mask, pos), pos)

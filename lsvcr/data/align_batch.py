@@ -17,6 +17,11 @@ are mixed with as many popular comments of that video the user did not interact 
 alternately to the two views. Without augmentation both views share one hot comment, drawn from
 the top ``hot_comments`` in training; evaluation uses the hottest and never augments.
 
+Every random choice in training (hot comment, augmentation, kept comments, response, template, the
+SR's random positions) is drawn per sample by :class:`SampleRandom`, from streams of that sample
+alone: a sample's draws do not depend on the other samples of its batch, so one process with
+micro-batch 2m and two processes with m each build the same samples.
+
 Per batch the work is numpy gathers over the prepared arrays; Python loops only assemble the
 prompt strings of the batch's samples.
 """
@@ -37,9 +42,13 @@ from lsvcr.data.history import HistoryGatherer, _ragged_index
 from lsvcr.data.prompts import PromptBuilder, PromptExample
 from lsvcr.data.store import PreparedDataset, SampleSet
 from lsvcr.models.llm.text_encoder import encode_texts
+from lsvcr.models.sr.lsvcr import sorted_random_positions
 
 TASK_NAMES = ("rec", "comm_rank")  # task id = position
 TASK_IDS = {name: i for i, name in enumerate(TASK_NAMES)}
+# one random stream per kind of draw (SampleRandom): a draw of one kind never shifts another's
+(HOT, HOT_AUG_SAMPLE, HOT_AUG_ITEM, HOT_SHIFT, KEEP, AUG_SAMPLE, AUG_ITEM, POPULAR, FALLBACK, DEAL, RESPONSE,
+ TEMPLATE, V_POSITION, C_POSITION) = range(14)
 
 
 @dataclass
@@ -58,6 +67,43 @@ class AugmentConfig:
         for name in ("hot_comments", "popular_comments"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.augment.{name}={getattr(self, name)}: expected >= 1")
+
+
+class SampleRandom:
+    """Random draws per sample: sample ``i`` draws kind ``stream`` from a generator seeded by
+    ``(*keys[i], stream)``, one uniform per element it owns, in element order.
+
+    A sample's draws thus depend only on its key and on its own elements: not on the other samples
+    of the batch, the batch size or the padded history width (histories are right-padded, so a
+    wider batch only appends draws). The alignment keys a sample by (seed, epoch, position in the
+    epoch's order), so the process count does not change any draw.
+    """
+
+    def __init__(self, keys: Sequence[Sequence[int]]):
+        self.keys = [[int(k) for k in key] for key in keys]
+
+    @classmethod
+    def of(cls, rng: SampleRandom | np.random.Generator | None, n: int) -> SampleRandom | None:
+        """``rng`` itself, or per-sample keys for ``n`` samples drawn from a generator."""
+        if rng is None or isinstance(rng, SampleRandom):
+            return rng
+        return cls([[int(k)] for k in rng.integers(0, 2**63, size=n)])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def random(self, stream: int, owner: np.ndarray) -> np.ndarray:
+        """``[len(owner)]`` uniforms in [0, 1); element ``k`` belongs to sample ``owner[k]``."""
+        owner = np.asarray(owner, np.int64)
+        out = np.empty(len(owner))
+        for i in np.unique(owner):
+            mine = owner == i
+            out[mine] = np.random.default_rng([*self.keys[i], stream]).random(int(mine.sum()))
+        return out
+
+    def rows(self, stream: int, width: int) -> np.ndarray:
+        """``[B, width]`` uniforms, row ``i`` from sample ``i``."""
+        return self.random(stream, np.repeat(np.arange(len(self)), width)).reshape(len(self), width)
 
 
 @dataclass
@@ -177,13 +223,18 @@ class AlignCollator:
         text_max_length: tokens per title / comment for the text encoder (the embedding stage's
             ``embed.max_length``, so alignment and the frozen tables see the same tokens).
         aug: two-view augmentation settings.
-        seed: seeds augmentation, template and positive choices; each DataLoader worker and epoch
-            (:meth:`set_epoch`) gets its own stream. Give each rank its own seed.
+        seed: seeds augmentation, template and positive choices when the collator is called
+            (``__call__``); each DataLoader worker and epoch (:meth:`set_epoch`) gets its own
+            stream. Give each rank its own seed. (The alignment stage instead passes a
+            :class:`SampleRandom` keyed by sample to :meth:`views` and :meth:`encode`.)
         split: which sample sets the rows index.
         train: False = evaluation: template 0, the hottest comment, the first positive, no
             augmentation, the most recent comments of an item.
         max_item_comments: a comment-history item keeps at most this many of the user's comments
             (a random subset in training), for both views.
+        max_position: in training, draw the SR's random positions (a sorted random subset of
+            ``0..max_position-1`` per sample) into ``history.v_position``/``c_position``; None = the
+            SR draws them itself.
     """
 
     def __init__(
@@ -197,12 +248,14 @@ class AlignCollator:
         split: str = "train",
         train: bool = True,
         max_item_comments: int = 3,
+        max_position: int | None = None,
     ):
         self.ds, self.gatherer, self.prompts = ds, gatherer, prompt_builder
         self.text_max_length = int(text_max_length)
         self.aug = aug or AugmentConfig()
         self.seed, self.split, self.train = int(seed), split, train
         self.max_item_comments = int(max_item_comments)
+        self.max_position = max_position
         self.titles, self.comments = _Texts(ds.video_titles()), _Texts(ds.comment_texts())
         self.comment_ptr = np.asarray(ds.video_comment_ptr, np.int64)
         # one trailing 0 so that masked-out gathers stay in range even for a world without comments
@@ -225,15 +278,17 @@ class AlignCollator:
         return self._gen
 
     def __call__(self, items: Sequence[tuple[int, int]] | np.ndarray) -> AlignBatch:
-        rng = self._rng()
+        rng = SampleRandom.of(self._rng(), len(items))
         return self.encode(self.views(items, rng), rng)
 
     # ---------------------------------------------------------------- index form, two views
 
-    def views(self, items: Sequence[tuple[int, int]] | np.ndarray, rng: np.random.Generator | None) -> AlignViews:
+    def views(self, items: Sequence[tuple[int, int]] | np.ndarray, rng: SampleRandom | np.random.Generator | None
+              ) -> AlignViews:
         """Histories and both views in global indices; ``rng=None`` = evaluation (one plain view)."""
         items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
         task, rows = items[:, 0], items[:, 1]
+        rng = SampleRandom.of(rng, len(items))
         h = self.gatherer(self._joint_samples(task, rows), np.arange(len(items)))
         v_video, c_video = h.v_video.numpy(), h.c_video.numpy()
         v_llm, v_sr = self._hot_comment_views(v_video, rng)
@@ -242,7 +297,14 @@ class AlignCollator:
             v_video=h.v_video, v_comment=torch.from_numpy(v_sr), c_video=h.c_video,
             c_comment=torch.from_numpy(c_sr), c_slot=torch.from_numpy(s_sr), target=h.target, user=h.user,
         )
+        if rng is not None and self.max_position is not None:
+            history.v_position = self._positions(rng, V_POSITION, h.v_mask)
+            history.c_position = self._positions(rng, C_POSITION, h.c_mask)
         return AlignViews(task, history, v_llm, c_llm, s_llm, self._responses(task, rows, rng))
+
+    def _positions(self, rng: SampleRandom, stream: int, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` the SR's random positions of one history (``mask [B, L]``)."""
+        return sorted_random_positions(torch.from_numpy(rng.rows(stream, self.max_position)), mask)
 
     def _samples(self, task_id: int) -> SampleSet:
         return self.ds.samples(TASK_NAMES[task_id], self.split)
@@ -268,10 +330,12 @@ class AlignCollator:
             first = np.zeros_like(v_video)
             second = first
         else:
-            first = np.floor(rng.random(v_video.shape) * count).astype(np.int64)
-            aug = (rng.random((len(v_video), 1)) < self.aug.sample_prob) & (rng.random(v_video.shape) < self.aug.item_prob)
+            width = v_video.shape[1]
+            first = np.floor(rng.rows(HOT, width) * count).astype(np.int64)
+            aug = rng.rows(HOT_AUG_SAMPLE, 1) < self.aug.sample_prob
+            aug = aug & (rng.rows(HOT_AUG_ITEM, width) < self.aug.item_prob)
             # a different one of the same top comments: shift by 1..count-1 (needs two of them)
-            shift = 1 + np.floor(rng.random(v_video.shape) * (count - 1)).astype(np.int64)
+            shift = 1 + np.floor(rng.rows(HOT_SHIFT, width) * (count - 1)).astype(np.int64)
             second = np.where(aug & (count >= 2), (first + shift) % np.maximum(count, 1), first)
 
         def pick(k: np.ndarray) -> np.ndarray:
@@ -285,29 +349,27 @@ class AlignCollator:
         Repeated (slot, comment) pairs are merged and each slot keeps ``max_item_comments`` of the
         user's comments (random ones in training, the most recent in evaluation).
         """
-        width = self.ds.num_comments + 1
+        width, lc = self.ds.num_comments + 1, c_video.shape[1]
         _, first = np.unique(slot * width + comment, return_index=True)
         first = np.sort(first)  # back to time order
         comment, slot = comment[first], slot[first]
-        keys = rng.random(len(slot)) if rng is not None else -np.arange(len(slot), dtype=np.float64)
+        keys = rng.random(KEEP, slot // lc) if rng is not None else -np.arange(len(slot), dtype=np.float64)
         order, rank = _group_rank(slot, keys)
         keep = np.zeros(len(slot), bool)
         keep[order[rank < self.max_item_comments]] = True
         comment, slot = comment[keep], slot[keep]
         if rng is None or self.aug.sample_prob == 0 or self.aug.item_prob == 0:
             return (comment, slot), (comment, slot)
-        b, lc = c_video.shape
-        aug_sample = rng.random(b) < self.aug.sample_prob
-        aug_slot = np.repeat(aug_sample, lc) & (rng.random(b * lc) < self.aug.item_prob)
-        in_aug = aug_slot[slot]
-        need = np.bincount(slot[in_aug], minlength=b * lc)
+        aug_slot = (rng.rows(AUG_SAMPLE, 1) < self.aug.sample_prob) & (rng.rows(AUG_ITEM, lc) < self.aug.item_prob)
+        in_aug = aug_slot.ravel()[slot]
+        need = np.bincount(slot[in_aug], minlength=c_video.size)
         aug_slots = np.flatnonzero(need)
         drawn, drawn_slot = self._unseen_popular(aug_slots, c_video.reshape(-1)[aug_slots], need[aug_slots],
-                                                 comment, slot, rng)
+                                                 comment, slot, rng, lc)
         # the user's n comments and n others, shuffled within the item and dealt alternately
         mix_c = np.concatenate([comment[in_aug], drawn])
         mix_s = np.concatenate([slot[in_aug], drawn_slot])
-        order, rank = _group_rank(mix_s, rng.random(len(mix_s)))
+        order, rank = _group_rank(mix_s, rng.random(DEAL, mix_s // lc))
         to_llm = order[rank % 2 == 0]
         to_sr = order[rank % 2 == 1]
         plain_c, plain_s = comment[~in_aug], slot[~in_aug]
@@ -315,7 +377,8 @@ class AlignCollator:
         sr = (np.concatenate([plain_c, mix_c[to_sr]]), np.concatenate([plain_s, mix_s[to_sr]]))
         return llm, sr
 
-    def _unseen_popular(self, slots, videos, need, comment, slot, rng) -> tuple[np.ndarray, np.ndarray]:
+    def _unseen_popular(self, slots, videos, need, comment, slot, rng: SampleRandom, lc: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """``need[i]`` comments for item ``slots[i]``: popular comments of ``videos[i]`` (top
         ``popular_comments``) the user did not interact with there, in random order and repeated
         when too few; random comments of the whole dataset when there are none."""
@@ -326,14 +389,15 @@ class AlignCollator:
         width = self.ds.num_comments + 1
         unseen = ~np.isin(slots[owner] * width + cand, slot * width + comment)
         cand, owner = cand[unseen], owner[unseen]
-        order, _ = _group_rank(owner, rng.random(len(owner)))
+        order, _ = _group_rank(owner, rng.random(POPULAR, slots[owner] // lc))
         cand = np.append(cand[order], 0)
         avail = np.bincount(owner, minlength=len(slots))
         first = np.cumsum(avail) - avail
         k, draw_owner = _ragged_index(np.zeros(len(slots), np.int64), need)
         has = avail[draw_owner] > 0
         pick = np.where(has, first[draw_owner] + k % np.maximum(avail[draw_owner], 1), len(cand) - 1)
-        fallback = rng.integers(1, max(self.ds.num_comments, 1) + 1, size=len(k))
+        uniform = rng.random(FALLBACK, slots[draw_owner] // lc)
+        fallback = 1 + np.floor(uniform * max(self.ds.num_comments, 1)).astype(np.int64)
         return np.where(has, cand[pick], fallback), slots[draw_owner]
 
     def _responses(self, task: np.ndarray, rows: np.ndarray, rng) -> np.ndarray:
@@ -348,15 +412,19 @@ class AlignCollator:
         if (count == 0).any():
             bad = rows[m][count == 0][0]
             raise DataError(f"comm_rank.{self.split} row {bad}: no positive comment; run stage=prepare again")
-        k = np.zeros_like(count) if rng is None else np.floor(rng.random(len(count)) * count).astype(np.int64)
+        if rng is None:
+            k = np.zeros_like(count)
+        else:
+            k = np.floor(rng.random(RESPONSE, np.flatnonzero(m)) * count).astype(np.int64)
         out[m] = s.pos[start + k]
         return out
 
     # ---------------------------------------------------------------- tokens
 
-    def encode(self, views: AlignViews, rng: np.random.Generator | None = None) -> AlignBatch:
+    def encode(self, views: AlignViews, rng: SampleRandom | np.random.Generator | None = None) -> AlignBatch:
         """Texts of ``views``: the batch-local SR text table and the tokenised prompts."""
         h, nv = views.history, self.ds.num_videos
+        rng = SampleRandom.of(rng, len(views.task))
         v_video, c_video, target = h.v_video.numpy(), h.c_video.numpy(), h.target.numpy()
         v_sr, c_sr = h.v_comment.numpy(), h.c_comment.numpy()
         is_rec = views.task == TASK_IDS["rec"]
@@ -371,6 +439,7 @@ class AlignCollator:
         history = HistoryBatch(
             v_video=local(v_video, 0), v_comment=local(v_sr, nv), c_video=local(c_video, 0),
             c_comment=local(c_sr, nv), c_slot=h.c_slot, target=local(target, 0), user=h.user,
+            v_position=h.v_position, c_position=h.c_position,
         )
         target_row = torch.where(torch.from_numpy(is_rec), local(target, 0), local(views.response, nv))
         titles = self.titles.fetch(keys[keys <= nv])  # the prompt shows the same titles
@@ -378,7 +447,8 @@ class AlignCollator:
                                                        views.c_comment_llm]))
         texts = [titles[int(k)] if k <= nv else comments[int(k) - nv] for k in keys]
         items = encode_texts(self.prompts.tokenizer, texts, self.text_max_length)
-        llm = self.prompts.build(self._examples(views, titles, comments), rng)
+        template_noise = None if rng is None else rng.random(TEMPLATE, np.arange(len(views.task)))
+        llm = self.prompts.build(self._examples(views, titles, comments), template_noise)
         return AlignBatch(
             input_ids=llm["input_ids"], attention_mask=llm["attention_mask"], labels=llm["labels"],
             last_prompt_index=llm["last_prompt_index"], item_ids=items["input_ids"], item_mask=items["attention_mask"],

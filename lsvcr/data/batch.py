@@ -24,6 +24,9 @@ class HistoryBatch:
         c_slot: ``[N]`` flat slot ``b * Lc + j`` of each entry of ``c_comment``.
         target: ``[B]`` target video (rec: the next video; comm_rank: the video being watched).
         user: ``[B]`` user index (for scorers that need it, e.g. an oracle or a user-ID model).
+        v_position, c_position: ``[B, Lv]``, ``[B, Lc]`` position ids the SR should use instead of
+            its own (the alignment's random positions, drawn per sample by the collator); None =
+            the SR's.
     """
 
     v_video: torch.Tensor
@@ -33,6 +36,8 @@ class HistoryBatch:
     c_slot: torch.Tensor
     target: torch.Tensor
     user: torch.Tensor | None = None
+    v_position: torch.Tensor | None = None
+    c_position: torch.Tensor | None = None
 
     @property
     def v_mask(self) -> torch.Tensor:

@@ -195,15 +195,19 @@ class PromptBuilder:
         ids = list(self.tokenizer(ex.response or "", add_special_tokens=False)["input_ids"])
         return ids[: self.max_response_tokens] + [self.tokenizer.eos_token_id]
 
-    def choose_templates(self, tasks: Sequence[str], rng: np.random.Generator | None) -> np.ndarray:
-        """Template index per example: uniform with ``rng`` (training), 0 without (evaluation)."""
+    def choose_templates(self, tasks: Sequence[str], rng: np.random.Generator | np.ndarray | None) -> np.ndarray:
+        """Template index per example: uniform with ``rng`` (training: a generator, or one uniform
+        in [0, 1) per example), 0 without (evaluation)."""
         if rng is None:
             return np.zeros(len(tasks), np.int64)
         counts = np.array([self.num_templates(t) for t in tasks], np.int64)
-        return np.floor(rng.random(len(tasks)) * counts).astype(np.int64)
+        uniform = rng.random(len(tasks)) if isinstance(rng, np.random.Generator) else np.asarray(rng, np.float64)
+        return np.floor(uniform * counts).astype(np.int64)
 
-    def build(self, examples: Sequence[PromptExample], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise and pad a batch (B = ``len(examples)``, T = longest row).
+    def build(self, examples: Sequence[PromptExample], rng: np.random.Generator | np.ndarray | None = None
+              ) -> dict[str, torch.Tensor]:
+        """Tokenise and pad a batch (B = ``len(examples)``, T = longest row); ``rng`` chooses the
+        templates (:meth:`choose_templates`).
 
         Returns:
             ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` (labels -100 except on the

@@ -6,6 +6,8 @@ the later stages (:func:`load_aligned_llm` for ``stage=embed``, :func:`load_alig
     lsvcr stage=align task=rec prompts=en model/llm=qwen2_5_0_5b hardware=gpu
     lsvcr stage=align hardware=deepspeed_z2 hardware.nproc_per_node=8 model/llm=chatglm3_6b \\
         align.micro_batch_size=2 align.grad_accum=8 align.max_steps=null          # the paper's run
+    lsvcr stage=align hardware=deepspeed_z2 hardware.accelerator=cpu hardware.backend=gloo \\
+        hardware.nproc_per_node=2 hardware.precision=fp32          # the same ZeRO-2 code on 2 CPU ranks
     lsvcr stage=align align.resume=<run dir or checkpoint dir>
 
 Run directory: ``align/`` (final checkpoint: ``lora/``, ``modules.safetensors``, ``tokenizer/``,
@@ -13,16 +15,25 @@ Run directory: ``align/`` (final checkpoint: ``lora/``, ``modules.safetensors``,
 ``align_step<N>/`` (the same every ``align.save_every`` steps), ``losses.json`` (the loss curve),
 ``align.json`` (summary), ``metrics.jsonl``, and ``deepspeed_config.json`` under DeepSpeed.
 
-Why an Accelerate loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
+Why an explicit loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
 batch (prompts + a batch-local text table + histories) whose InfoNCE terms gather negatives from
 every rank, and every part is logged; the ``Trainer`` wants dict batches and one loss, and resuming
-it exactly would mean re-implementing its data skipping. Accelerate keeps the loop explicit while
-giving one code path for CPU, DDP and DeepSpeed ZeRO (its ``DeepSpeedPlugin``, filled from
-``hardware.deepspeed``), mixed precision and gradient accumulation.
+it exactly would mean re-implementing its data skipping. The loop talks to a small engine
+(:class:`_Engine`: one micro-step, learning rate, gradient norm, checkpoint state) with two
+implementations: Accelerate for one process and DDP (torchrun, ``accelerate launch``), and
+``deepspeed.initialize`` for ``hardware.launcher=deepspeed`` (ZeRO-2/3 from ``hardware.deepspeed``,
+written to ``deepspeed_config.json``). DeepSpeed is called directly, not through Accelerate, because
+Accelerate drops DeepSpeed on the CPU; so one DeepSpeed path serves CUDA and the CPU
+(``DS_ACCELERATOR=cpu``, gloo), and the CPU test covers what GPU runs execute: only the device, the
+precision and the optimizer kernel (torch's AdamW on the CPU, DeepSpeed's fused Adam on CUDA) differ.
+Both engines step the scheduler once per optimizer step and compute the same losses (tested).
 
-Resuming is exact: the data order is a seeded permutation per epoch, every micro-batch draws its
-augmentation and dropout from a seed of (seed, epoch, micro-batch, rank), so a resumed run starts
-at its step without replaying the batches before it and computes the same losses.
+Resuming is exact: the data order is a seeded permutation per epoch, every sample draws its
+augmentation, template and random positions from a seed of (seed, epoch, position in the epoch's
+order) and every micro-batch its dropout from (seed, epoch, micro-batch, rank), so a resumed run
+starts at its step without replaying the batches before it and computes the same losses. Without
+dropout the process count does not change a step either: 2 processes x micro-batch m compute what
+1 process x 2m does.
 """
 
 from __future__ import annotations
@@ -42,7 +53,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, DummyOptim, DummyScheduler
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -50,7 +60,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from lsvcr import distributed
-from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig
+from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig, SampleRandom
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
@@ -141,7 +151,8 @@ class AlignEpoch(Dataset):
 
     Global micro-batch ``b`` is ``order[b * micro * world : (b + 1) * micro * world]`` and rank ``r``
     takes its ``r``-th slice, so the samples of an optimizer step do not depend on the process count.
-    The augmentation draws come from ``(seed, epoch, b, rank)``, so any batch can be built alone.
+    Each sample's random draws come from ``(seed, epoch, its position in the order)``
+    (:class:`SampleRandom`), so any batch can be built alone and the process count changes none.
     """
 
     def __init__(self, items: np.ndarray, collator: AlignCollator, plan: Plan, rank: int, seed: int, epoch: int):
@@ -155,7 +166,7 @@ class AlignEpoch(Dataset):
     def __getitem__(self, b: int):
         p = self.plan
         start = (b * p.world + self.rank) * p.micro_batch_size
-        rng = np.random.default_rng([self.seed, self.epoch, b, self.rank])
+        rng = SampleRandom([[self.seed, self.epoch, i] for i in range(start, start + p.micro_batch_size)])
         items = self.items[self.order[start:start + p.micro_batch_size]]
         return self.collator.encode(self.collator.views(items, rng), rng)
 
@@ -174,15 +185,15 @@ def _collator(cfg: DictConfig, ds, tokenizer) -> AlignCollator:
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     aug = AugmentConfig(**OmegaConf.to_container(a.augment, resolve=True))
     return AlignCollator(ds, gatherer, prompts, cfg.embed.max_length, aug, seed=int(cfg.seed),
-                         max_item_comments=int(a.max_item_comments))
+                         max_item_comments=int(a.max_item_comments), max_position=int(cfg.model.sr.max_position))
 
 
 def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
-    """Dropout and random positions of one micro-batch: the same in a resumed run."""
+    """Dropout of one micro-batch: the same in a resumed run."""
     torch.manual_seed(int(np.random.SeedSequence([seed, epoch, micro, rank]).generate_state(1)[0]))
 
 
-# ---------------------------------------------------------------- engine
+# ---------------------------------------------------------------- engines
 
 
 def _world() -> int:
@@ -194,51 +205,212 @@ def _numbers(cfg: DictConfig, plan: Plan, hidden_size: int) -> TrainingNumbers:
     return TrainingNumbers(micro_batch_size=plan.micro_batch_size, grad_accum=plan.grad_accum, world_size=plan.world,
                            precision=cfg.hardware.precision, lr=float(a.lr), weight_decay=float(a.weight_decay),
                            betas=tuple(a.betas), eps=float(a.eps), grad_clip=float(a.max_grad_norm or 0.0),
-                           warmup_steps=_warmup(cfg, plan), total_steps=plan.total_steps, hidden_size=hidden_size)
+                           warmup_steps=_warmup(cfg, plan), total_steps=plan.total_steps, hidden_size=hidden_size,
+                           accelerator=cfg.hardware.accelerator)
 
 
 def _warmup(cfg: DictConfig, plan: Plan) -> int:
-    return int(math.ceil(float(cfg.align.warmup_ratio) * plan.total_steps))
+    return math.ceil(float(cfg.align.warmup_ratio) * plan.total_steps)
 
 
-def _accelerator(cfg: DictConfig, plan: Plan, hidden_size: int, path: Path) -> Accelerator:
-    hw = cfg.hardware
-    plugin = None
-    if hw.launcher == "deepspeed":
-        ds_config = fill_auto(OmegaConf.to_container(hw.deepspeed, resolve=True), _numbers(cfg, plan, hidden_size))
-        write_json(path / "deepspeed_config.json", ds_config)
-        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
-    accelerator = Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
-                              gradient_accumulation_steps=plan.grad_accum, deepspeed_plugin=plugin)
-    if plugin is not None and accelerator.state.deepspeed_plugin is None:
-        # Accelerate quietly drops DeepSpeed when it runs on the CPU; a DDP run under a DeepSpeed name would mislead
-        raise ConfigError(f"hardware={hw.name}: Accelerate did not enable DeepSpeed (it needs CUDA GPUs)")
-    return accelerator
+def _schedule(cfg: DictConfig, plan: Plan, opt: torch.optim.Optimizer):
+    """``align.scheduler`` with warm-up, stepped once per optimizer step by the engine."""
+    return get_scheduler(cfg.align.scheduler, opt, num_warmup_steps=_warmup(cfg, plan),
+                         num_training_steps=plan.total_steps)
 
 
-def _prepare(cfg: DictConfig, accelerator: Accelerator, model: AlignmentModel, plan: Plan):
-    """``(model, optimizer, scheduler)`` prepared by Accelerate.
-
-    With an ``optimizer`` block in the DeepSpeed config the engine builds the optimizer and steps the
-    scheduler; otherwise AdamW, and the loop steps the scheduler once per optimizer step (not the
-    ``num_processes`` times a prepared scheduler would).
-    """
+def _adamw(cfg: DictConfig, params: list) -> torch.optim.AdamW:
     a = cfg.align
-    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=float(a.lr), weight_decay=float(a.weight_decay), betas=tuple(a.betas),
+                             eps=float(a.eps))
 
-    def schedule(opt):
-        return get_scheduler(a.scheduler, opt, num_warmup_steps=_warmup(cfg, plan), num_training_steps=plan.total_steps)
 
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and "optimizer" in plugin.deepspeed_config:
-        opt = DummyOptim(params, lr=float(a.lr), weight_decay=float(a.weight_decay))
-        return accelerator.prepare(model, opt, DummyScheduler(opt, lr_scheduler_callable=schedule))
-    opt = torch.optim.AdamW(params, lr=float(a.lr), weight_decay=float(a.weight_decay), betas=tuple(a.betas),
-                            eps=float(a.eps))
-    sched = schedule(opt)
-    model, opt = accelerator.prepare(model, opt)
-    return model, opt, sched
+class _Engine:
+    """What the training loop asks of the engine that runs it: :class:`_Accelerate` (one process, DDP)
+    or :class:`_DeepSpeed` (ZeRO). ``model`` is the wrapped model, :meth:`module` the bare one."""
+
+    name: str
+    model: torch.nn.Module
+    device: torch.device
+    rank: int
+    params: list[torch.nn.Parameter]  # the trainable ones
+    grad_norm = None  # 2-norm of the gradients before clipping, at the last optimizer step (None: not known)
+
+    def _anchor(self) -> torch.Tensor:
+        """A zero built from every trainable parameter *before* the forward, added to the loss.
+
+        The model's graph depends on the data: a micro-batch without comment histories never
+        reaches the SR comment encoder's attention weights. Data-parallel engines need every rank to
+        hand over the same gradients in the same order: DDP's bucket never fills on the rank that
+        lacks some (the ranks' collectives then mismatch: gloo aborts, NCCL hangs), and ZeRO-1/2
+        reduce buckets in the order gradients arrive, interleaved with the all-reduces of the
+        InfoNCE gathers in backward. With this term every parameter gets a gradient in every
+        backward (exact zeros where the batch does not reach it, as ZeRO's flat partitions always
+        had), and none before the term's own backward, which autograd runs last (its nodes are the
+        oldest): all gradients arrive at the end of backward, in the term's fixed order on every
+        rank. The cost: gradient reduction no longer overlaps backward.
+        """
+        return torch.stack([p.sum(dtype=torch.float32) for p in self.params]).sum() * 0.0  # fp32: no fp16 inf
+
+    def micro_step(self, batch) -> tuple[dict, bool]:
+        """Forward and backward of one micro-batch and, when it ends an accumulation window, the
+        optimizer and scheduler steps; returns the model's outputs and whether a step was taken."""
+        raise NotImplementedError
+
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the ranks (for logging)."""
+        if _world() > 1:
+            dist.all_reduce(values)
+            values /= _world()
+        return values
+
+    def module(self) -> AlignmentModel:
+        raise NotImplementedError
+
+    def gathered(self):
+        """A context in which :meth:`module` holds whole weights (all ranks enter it)."""
+        return contextlib.nullcontext()
+
+    def save_trainer(self, path: Path) -> None:
+        """Optimizer and scheduler state into checkpoint ``path`` (every rank calls)."""
+        raise NotImplementedError
+
+    def load_trainer(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+class _Accelerate(_Engine):
+    """One process or DDP (torchrun, ``accelerate launch``): AdamW and the scheduler built here; the
+    scheduler is stepped by hand, once per optimizer step (a prepared one steps ``world`` times)."""
+
+    name = "Accelerate"
+
+    def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel):
+        hw = cfg.hardware
+        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
+        self.acc = Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
+                               gradient_accumulation_steps=plan.grad_accum)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip = float(cfg.align.max_grad_norm or 0.0)
+        opt = _adamw(cfg, self.params)
+        self.sched = _schedule(cfg, plan, opt)
+        self.model, self.opt = self.acc.prepare(model, opt)
+        self.device, self.rank = self.acc.device, self.acc.process_index
+
+    def micro_step(self, batch) -> tuple[dict, bool]:
+        acc = self.acc
+        anchor = self._anchor()
+        with acc.accumulate(self.model):
+            out = self.model(batch.to(self.device))
+            acc.backward(out["loss"] + anchor)
+            if acc.sync_gradients and self.clip:
+                self.grad_norm = acc.clip_grad_norm_(self.params, self.clip)
+            self.opt.step()
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        return out, acc.sync_gradients
+
+    def module(self) -> AlignmentModel:
+        return self.acc.unwrap_model(self.model)
+
+    def save_trainer(self, path: Path) -> None:
+        if is_rank_zero():
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, path / TRAINER_FILE)
+
+    def load_trainer(self, path: Path) -> None:
+        trainer = torch.load(path / TRAINER_FILE, weights_only=True, map_location="cpu")
+        self.opt.load_state_dict(trainer["optimizer"])
+        self.sched.load_state_dict(trainer["scheduler"])
+
+
+class _DeepSpeed(_Engine):
+    """``deepspeed.initialize`` with the filled ``hardware.deepspeed`` JSON: the same code on CUDA and on
+    the CPU (``DS_ACCELERATOR=cpu``, gloo); only the device, the precision and the Adam kernel differ.
+
+    The JSON's ``optimizer`` block has DeepSpeed build the optimizer (``torch_adam`` picks torch's AdamW
+    on the CPU and DeepSpeed's fused Adam on CUDA, see ``conf/hardware/deepspeed_z2.yaml``); without
+    one, torch's AdamW is built here. DeepSpeed clips (``gradient_clipping``), steps the optimizer at
+    accumulation boundaries and the scheduler (built by :func:`_schedule` on its optimizer) with it.
+    """
+
+    name = "DeepSpeed"
+
+    def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel, config: dict):
+        import deepspeed
+
+        if cfg.hardware.accelerator == "cpu":
+            _skip_shm_comm()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        client_opt = None if "optimizer" in config else _adamw(cfg, self.params)
+        self.model, _, _, self.sched = deepspeed.initialize(
+            model=model, model_parameters=self.params, optimizer=client_opt, config=config,
+            lr_scheduler=lambda opt: _schedule(cfg, plan, opt))
+        self.device, self.rank = self.model.device, self.model.global_rank
+
+    def micro_step(self, batch) -> tuple[dict, bool]:
+        engine = self.model
+        boundary = engine.is_gradient_accumulation_boundary()  # before step(), which counts the micro-batch
+        anchor = self._anchor()
+        out = engine(batch.to(self.device))
+        engine.backward(out["loss"] + anchor)  # scaled by 1 / grad_accum, like Accelerate's
+        engine.step()
+        if boundary:
+            self.grad_norm = engine.get_global_grad_norm()
+        return out, boundary
+
+    def _anchor(self) -> torch.Tensor:
+        if self.model.zero_optimization_stage() == 3:  # sharded parameters; ZeRO-3 reduces from hooks of its own
+            return torch.zeros((), device=self.device)
+        return super()._anchor()
+
+    def module(self) -> AlignmentModel:
+        return self.model.module
+
+    def gathered(self):
+        """Under ZeRO-3 the weights are sharded: gather the trained ones while rank 0 saves them."""
+        if self.model.zero_optimization_stage() != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([p for p in self.module().parameters() if p.requires_grad])
+
+    def save_trainer(self, path: Path) -> None:
+        # the frozen base LLM is not saved: the checkpoint's own files and model/llm rebuild it
+        self.model.save_checkpoint(str(path / DS_DIR), exclude_frozen_parameters=True)
+
+    def load_trainer(self, path: Path) -> None:
+        self.model.load_checkpoint(str(path / DS_DIR), load_module_strict=False)
+
+
+def _skip_shm_comm() -> None:
+    """Keep DeepSpeed's CPU communication backend from building its shared-memory all-reduce op.
+
+    DeepSpeed's ``TorchBackend`` JIT-compiles ``deepspeed_shm_comm`` (C++, minutes) wherever a
+    compiler is found, and under the ``deepspeed`` launcher (which exports ``LOCAL_SIZE``) each rank
+    maps a 66 MB ``/dev/shm/deepspeed_allreduce_buffer_*`` file that is never unlinked. Only
+    ``inference_all_reduce`` uses it; ZeRO training all-reduces through torch.distributed (gloo).
+    Marking the op incompatible (``deepspeed.ops.__compatible_ops__`` is DeepSpeed's own cache,
+    consulted by ``build_shm_op``) skips both.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def _engine(cfg: DictConfig, plan: Plan, model: AlignmentModel, hidden_size: int, path: Path) -> _Engine:
+    hw = cfg.hardware
+    if hw.launcher != "deepspeed":
+        return _Accelerate(cfg, plan, model)
+    config = fill_auto(OmegaConf.to_container(hw.deepspeed, resolve=True), _numbers(cfg, plan, hidden_size))
+    write_json(path / "deepspeed_config.json", config)
+    return _DeepSpeed(cfg, plan, model, config)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -250,10 +422,10 @@ class TrainState:
     losses: list | None = None  # one entry per logged step
 
 
-def _save(path: Path, r: "_Run") -> None:
+def _save(path: Path, r: _Run) -> None:
     """A resumable checkpoint in ``path`` (every rank calls: DeepSpeed saves its shards collectively)."""
-    core: AlignmentModel = r.accelerator.unwrap_model(r.model)
-    with _gathered(r.accelerator, core):
+    core = r.engine.module()
+    with r.engine.gathered():
         if is_rank_zero():
             save_alignment(core, path)
             stamp = r.workdir / "tokenizer" / FINGERPRINT_FILE  # marks a trained tiny tokenizer as loadable
@@ -261,21 +433,8 @@ def _save(path: Path, r: "_Run") -> None:
                 shutil.copy2(stamp, path / TOKENIZER_DIR / FINGERPRINT_FILE)
             (path / "config.yaml").write_text(OmegaConf.to_yaml(r.cfg, resolve=True))
             (path / STATE_FILE).write_text(json.dumps({**asdict(r.state), "plan": asdict(r.plan)}, indent=1))
-    if r.accelerator.state.deepspeed_plugin is not None:
-        r.model.save_checkpoint(str(path / DS_DIR), exclude_frozen_parameters=True)
-    elif is_rank_zero():
-        torch.save({"optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict()}, path / TRAINER_FILE)
-    r.accelerator.wait_for_everyone()
-
-
-def _gathered(accelerator: Accelerator, model: AlignmentModel):
-    """Under ZeRO-3 the trained weights are sharded: gather them (all ranks) while rank 0 saves."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or plugin.zero_stage != 3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters([p for p in model.parameters() if p.requires_grad])
+    r.engine.save_trainer(path)
+    distributed.barrier()
 
 
 def _step_of(path: Path) -> int:
@@ -294,19 +453,22 @@ def resume_checkpoint(resume: str) -> Path:
     return max(found, key=_step_of)
 
 
-def _load_trainer(ckpt: Path, accelerator: Accelerator, model, opt, sched, plan: Plan) -> TrainState:
+def _load_trainer(ckpt: Path, engine: _Engine, plan: Plan) -> TrainState:
     saved = json.loads((ckpt / STATE_FILE).read_text())
     old = Plan(**saved["plan"])
     if old.samples_per_step != plan.samples_per_step or old.samples != plan.samples:
         raise ConfigError(f"align.resume={ckpt}: it took {old.samples_per_step} of {old.samples} samples per step, "
                           f"this run {plan.samples_per_step} of {plan.samples}; resume with the same batch sizes, "
                           "processes and data")
-    if accelerator.state.deepspeed_plugin is not None:
-        model.load_checkpoint(str(ckpt / DS_DIR), load_module_strict=False)
-    else:
-        trainer = torch.load(ckpt / TRAINER_FILE, weights_only=True, map_location="cpu")
-        opt.load_state_dict(trainer["optimizer"])
-        sched.load_state_dict(trainer["scheduler"])
+    if old.total_steps != plan.total_steps:
+        log.warning("align.resume=%s: it planned %d optimizer steps, this run %d (align.max_steps or align.epochs "
+                    "changed): the learning-rate schedule is re-planned, so this run will not equal an "
+                    "uninterrupted run of either length", ckpt, old.total_steps, plan.total_steps)
+    saved_by = _DeepSpeed.name if (ckpt / DS_DIR).is_dir() else _Accelerate.name
+    if saved_by != engine.name:
+        raise ConfigError(f"align.resume={ckpt}: it was written under {saved_by}, this run uses {engine.name}; "
+                          "resume with the hardware that wrote it")
+    engine.load_trainer(ckpt)
     log.info("resumed %s at step %d of %d", ckpt, saved["step"], plan.total_steps)
     return TrainState(step=int(saved["step"]), losses=list(saved.get("losses") or []))
 
@@ -321,10 +483,7 @@ class _Run:
     cfg: DictConfig
     path: Path
     workdir: Path
-    accelerator: Accelerator
-    model: torch.nn.Module
-    opt: object
-    sched: object
+    engine: _Engine
     plan: Plan
     items: np.ndarray
     collator: AlignCollator
@@ -333,37 +492,28 @@ class _Run:
 
 
 def _train(r: _Run) -> None:
-    a, acc, plan, state = r.cfg.align, r.accelerator, r.plan, r.state
-    params = [p for p in r.model.parameters() if p.requires_grad]
-    window, count, norm = defaultdict(float), 0, None
+    a, eng, plan, state = r.cfg.align, r.engine, r.plan, r.state
+    window, count = defaultdict(float), 0
     bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
-    r.model.train()
+    eng.model.train()
     while state.step < plan.total_steps:
         epoch, done = divmod(state.step, plan.steps_per_epoch)
-        data = AlignEpoch(r.items, r.collator, plan, acc.process_index, int(r.cfg.seed), epoch)
+        data = AlignEpoch(r.items, r.collator, plan, eng.rank, int(r.cfg.seed), epoch)
         first = done * plan.grad_accum  # a resumed run starts at its step's first micro-batch
         loader = DataLoader(data, batch_size=None, sampler=range(first, len(data)), collate_fn=_unbatched,
                             num_workers=int(a.num_workers))
         for micro, batch in zip(range(first, len(data)), loader):
-            _seed_step(int(r.cfg.seed), epoch, micro, acc.process_index)
-            with acc.accumulate(r.model):
-                out = r.model(batch.to(acc.device))
-                acc.backward(out["loss"])
-                if acc.sync_gradients and a.max_grad_norm:
-                    norm = acc.clip_grad_norm_(params, float(a.max_grad_norm))  # None under DeepSpeed (it clips)
-                r.opt.step()
-                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
-                    r.sched.step()
-                r.opt.zero_grad(set_to_none=True)
+            _seed_step(int(r.cfg.seed), epoch, micro, eng.rank)
+            out, stepped = eng.micro_step(batch)
             for k in LOSS_KEYS:
                 window[k] += float(out[k].detach())
             count += 1
-            if not acc.sync_gradients:
+            if not stepped:
                 continue
             state.step += 1
             bar.update(1)
             if state.step % int(a.log_every) == 0 or state.step == plan.total_steps:
-                entry = _log_window(r, window, count, epoch, norm)
+                entry = _log_window(r, window, count, epoch)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 window, count = defaultdict(float), 0
             if a.save_every and state.step % int(a.save_every) == 0 and state.step < plan.total_steps:
@@ -373,14 +523,14 @@ def _train(r: _Run) -> None:
     bar.close()
 
 
-def _log_window(r: _Run, window: dict, count: int, epoch: int, norm) -> dict:
+def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
     """Average the window's losses over its micro-batches and all ranks; log and record them."""
-    means = torch.tensor([window[k] / max(count, 1) for k in LOSS_KEYS], device=r.accelerator.device)
-    means = r.accelerator.reduce(means, reduction="mean")
-    entry = {"step": r.state.step, "epoch": epoch, "lr": float(r.sched.get_last_lr()[0])}
+    means = torch.tensor([window[k] / max(count, 1) for k in LOSS_KEYS], device=r.engine.device)
+    means = r.engine.mean(means)
+    entry = {"step": r.state.step, "epoch": epoch, "lr": r.engine.lr()}
     entry |= {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means.tolist())}
-    if norm is not None:
-        entry["grad_norm"] = round(float(norm), 6)
+    if r.engine.grad_norm is not None:
+        entry["grad_norm"] = round(float(r.engine.grad_norm), 6)
     r.state.losses.append(entry)
     r.logger.log({f"train/{k}" if k in LOSS_KEYS else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
     log.info("step %d/%d: %s", r.state.step, r.plan.total_steps,
@@ -402,21 +552,18 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
-    if cfg.hardware.launcher == "deepspeed" and cfg.hardware.accelerator != "cuda":
-        raise ConfigError(f"hardware={cfg.hardware.name}: DeepSpeed (through Accelerate) runs on CUDA GPUs only; "
-                          "on the CPU use hardware=cpu_ddp")
     path = run_dir(cfg)
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
     bundle = build_llm(cfg, ds)
     items = AlignSamples(ds, tasks).items
     plan = _plan(cfg, len(items), _world())
-    accelerator = _accelerator(cfg, plan, bundle.hidden_size, path)
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
-    model, opt, sched = _prepare(cfg, accelerator, _model(cfg, bundle, ds, ckpt), plan)
-    state = _load_trainer(ckpt, accelerator, model, opt, sched, plan) if ckpt else TrainState(0, [])
-    r = _Run(cfg, path, llm_workdir(cfg, ds), accelerator, model, opt, sched, plan, items,
-             _collator(cfg, ds, bundle.tokenizer), start_logger(cfg, path), state)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    engine = _engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
+    state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [])
+    r = _Run(cfg, path, llm_workdir(cfg, ds), engine, plan, items, _collator(cfg, ds, bundle.tokenizer),
+             start_logger(cfg, path), state)
+    # ds_numel: a parameter's size when ZeRO-3 has sharded it away
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module().parameters() if p.requires_grad)
     log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
              "%d samples per step (%d x %d accumulation x %d processes), %d trainable parameters", bundle.name,
              cfg.model.sr.name, "+".join(tasks), plan.samples, plan.total_steps - state.step, plan.total_steps,
@@ -431,7 +578,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def _summarise(r: _Run, steps: int, seconds: float) -> float:
-    cuda = torch.cuda.is_available() and r.accelerator.device.type == "cuda"
+    cuda = torch.cuda.is_available() and torch.device(r.engine.device).type == "cuda"
     summary = {
         "checkpoint": str(r.path / CKPT_DIR), "steps": steps, "total_steps": r.plan.total_steps,
         "seconds": round(seconds, 2), "steps_per_second": round(steps / max(seconds, 1e-9), 3),
@@ -466,9 +613,12 @@ def load_aligned_llm(cfg: DictConfig, init_from) -> tuple[LLMBundle, LLMTextEnco
     text encoder with the trained ``llm_emb_mlp``, in eval mode."""
     ckpt = alignment_checkpoint(init_from)
     saved = OmegaConf.load(ckpt / "config.yaml").model.llm
-    if OmegaConf.to_container(cfg.model.llm, resolve=True) != OmegaConf.to_container(saved, resolve=True):
-        log.warning("finetune.init_from=%s was aligned on model/llm=%s; using that LLM, not model/llm=%s",
-                    ckpt.parent, saved.name, cfg.model.llm.name)
+    given, used = OmegaConf.to_container(cfg.model.llm, resolve=True), OmegaConf.to_container(saved, resolve=True)
+    if given != used:
+        differ = ", ".join(f"{k}={used.get(k)!r} (not {given.get(k)!r})" for k in sorted(set(given) | set(used))
+                           if given.get(k) != used.get(k))
+        log.warning("finetune.init_from=%s was aligned with a different model/llm; using the aligned one: %s",
+                    ckpt.parent, differ)
     bundle = instantiate(saved).build(None, ckpt)  # the tiny LM reloads the run's tokenizer from ckpt/tokenizer
     try:
         model = load_alignment(ckpt, bundle)

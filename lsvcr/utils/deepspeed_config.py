@@ -9,7 +9,9 @@ precision have one source. A training pipeline fills them with the numbers it us
                                    precision=cfg.hardware.precision, lr=1e-4, ...))
     engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds)
 
-Explicit (non-``"auto"``) values that contradict those numbers are errors, not silently kept.
+Explicit (non-``"auto"``) values that contradict those numbers are errors, not silently kept, except
+for choices such as ``optimizer.params.torch_adam`` (``"auto"``: torch's AdamW on the CPU, where
+DeepSpeed's Adam kernels would first be compiled, and DeepSpeed's FusedAdam on CUDA).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TrainingNumbers:
     warmup_steps: int | None = None
     total_steps: int | None = None
     hidden_size: int | None = None  # sizes ZeRO's communication buckets, as HF does
+    accelerator: str | None = None  # cpu | cuda: picks the optimizer's implementation (torch_adam)
 
 
 def _betas(n: TrainingNumbers):
@@ -65,14 +68,18 @@ FILLS: dict[str, Callable[[TrainingNumbers], Any]] = {
     "scheduler.params.warmup_max_lr": lambda n: n.lr,
     "scheduler.params.warmup_num_steps": lambda n: n.warmup_steps,
     "scheduler.params.total_num_steps": lambda n: n.total_steps,
+    # torch's AdamW on the CPU (DeepSpeed's CPU Adam ops need a C++ build), its fused Adam on CUDA
+    "optimizer.params.torch_adam": lambda n: None if n.accelerator is None else n.accelerator == "cpu",
     "zero_optimization.reduce_bucket_size": lambda n: _square(n, 1.0),
     "zero_optimization.stage3_prefetch_bucket_size": lambda n: _square(n, 0.9),
     "zero_optimization.stage3_param_persistence_threshold": lambda n: None if n.hidden_size is None
     else 10 * n.hidden_size,
 }
-# tuning knobs: without a hidden size, dropping them leaves DeepSpeed's own defaults
+# tuning knobs: without a hidden size (or device), dropping them leaves DeepSpeed's own defaults
 _OPTIONAL = {"zero_optimization.reduce_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
-             "zero_optimization.stage3_param_persistence_threshold"}
+             "zero_optimization.stage3_param_persistence_threshold", "optimizer.params.torch_adam"}
+# choices, not facts: an explicit value is kept even where "auto" would pick the other
+_CHOICES = {"optimizer.params.torch_adam"}
 
 
 def fill_auto(config: dict, numbers: TrainingNumbers, prefix: str = "hardware.deepspeed") -> dict:
@@ -88,7 +95,7 @@ def fill_auto(config: dict, numbers: TrainingNumbers, prefix: str = "hardware.de
         value, fill = parent[key], FILLS.get(path)
         wanted = fill(numbers) if fill else None
         if value != AUTO:
-            if wanted is not None and value != wanted:
+            if wanted is not None and value != wanted and path not in _CHOICES:
                 raise ConfigError(f"{prefix}.{path} is {value!r} but the training config gives {wanted!r}; "
                                   f"set it to \"auto\" or make the two agree")
         elif wanted is not None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lsvcr.data.batch import HistoryBatch
 
@@ -32,6 +31,8 @@ class SRInputs:
         c_mask: ``[B, Lc]`` bool, True at real items.
         target_ids: ``[B]`` target video (comm_rank: the video being watched).
         target_title: ``[B, E]`` its title.
+        v_position, c_position: ``[B, Lv]``, ``[B, Lc]`` given position ids (alignment's random
+            positions drawn by the collator); None = the SR's own.
     """
 
     v_title: Tensor | None
@@ -44,6 +45,8 @@ class SRInputs:
     c_mask: Tensor
     target_ids: Tensor
     target_title: Tensor | None
+    v_position: Tensor | None = None
+    c_position: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -104,4 +107,6 @@ def lookup_inputs(
         c_mask=batch.c_mask,
         target_ids=batch.target,
         target_title=target_title,
+        v_position=batch.v_position,
+        c_position=batch.c_position,
     )

@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lsvcr.losses.contrastive import info_nce_indexed, sample_other_indices
 from lsvcr.models.sr.inputs import SRInputs
@@ -29,11 +28,11 @@ from lsvcr.models.sr.layers import (
     AdditivePooling,
     Dropout,
     MultiHeadAttention,
-    Packing,
     SequentialRecommender,
     TransformerEncoder,
     init_weights,
 )
+from lsvcr.models.sr.packing import Packing
 
 #: samples per attention group (see Packing): smaller groups pad less but run more, smaller products
 GROUP_SIZE = 128
@@ -78,6 +77,7 @@ class LSVCR(SequentialRecommender):
         max_position: int = 50,
         temperature: float = 0.07,
         use_ids: bool = True,
+        use_text: bool = True,
         use_comment_history: bool = True,
         random_positions: bool = False,
         position_align: str = "end",
@@ -87,7 +87,10 @@ class LSVCR(SequentialRecommender):
         self.num_videos = num_videos
         self.max_position = max_position
         self.temperature = temperature
+        if not (use_ids or use_text):
+            raise ValueError("LSVCR needs ID embeddings, text embeddings or both (use_ids or use_text)")
         self.use_ids = use_ids
+        self.uses_text = use_text  # False: the ID-only ablation (task=rec only; no text tables are read)
         self.use_comment_history = use_comment_history
         self.random_positions = random_positions
         if position_align not in ("start", "end"):
@@ -98,8 +101,9 @@ class LSVCR(SequentialRecommender):
         def encoder(n: int) -> TransformerEncoder:
             return TransformerEncoder(n, d, num_heads, inner_size, dropout, attn_dropout, eps)
 
-        self.adapter = nn.Linear(llm_emb_size, d, bias=False)
-        self.merge = nn.Linear(2 * d, d)
+        if use_text:
+            self.adapter = nn.Linear(llm_emb_size, d, bias=False)
+            self.merge = nn.Linear(2 * d, d)
         self.dropout = Dropout(dropout)
         if use_ids:
             self.id_embedding = nn.Embedding(num_videos + 1, d, padding_idx=0)
@@ -125,12 +129,12 @@ class LSVCR(SequentialRecommender):
 
     def _video_embed(self, ids: Tensor | None, title_emb: Tensor) -> Tensor:
         """Un-normalised video representation ``[..., d]``: ``gate * id_emb + adapter(title)``."""
+        if self.use_ids and ids is None:
+            raise ValueError("this LSVCR uses ID embeddings: pass the video ids")
+        if not self.uses_text:
+            return self.gate * self.id_embedding(ids)
         x = self.adapter(title_emb)
-        if self.use_ids:
-            if ids is None:
-                raise ValueError("this LSVCR uses ID embeddings: pass the video ids")
-            x = x + self.gate * self.id_embedding(ids)
-        return x
+        return x + self.gate * self.id_embedding(ids) if self.use_ids else x
 
     def video_repr(self, ids: Tensor | None, title_emb: Tensor) -> Tensor:
         """Candidate videos: ``ids [...]`` (ignored without IDs), ``title_emb [..., E]`` -> ``[..., d]``."""
@@ -138,12 +142,16 @@ class LSVCR(SequentialRecommender):
 
     def comment_repr(self, comment_emb: Tensor) -> Tensor:
         """Candidate comments: ``comment_emb [..., E]`` -> ``[..., d]``."""
+        if not self.uses_text:
+            raise ValueError("this LSVCR reads no text (use_text=False) and cannot rank comments; use task=rec")
         return F.normalize(self.adapter(comment_emb), dim=-1)
 
     def video_table_repr(self, video_emb_table: Tensor) -> Tensor:
-        """Every video for full ranking: ``[V+1, E]`` (row i = video i) -> ``[V+1, d]``."""
+        """Every video for full ranking: ``[V+1, E]`` (row i = video i; None without text) -> ``[V+1, d]``."""
         ids = None
-        if self.use_ids:
+        if not self.uses_text:
+            ids = torch.arange(self.num_videos + 1, device=self.id_embedding.weight.device)
+        elif self.use_ids:
             if video_emb_table.shape[0] != self.num_videos + 1:
                 raise ValueError(
                     f"video table has {video_emb_table.shape[0]} rows, the model has {self.num_videos} videos (+1 pad)"
@@ -153,21 +161,23 @@ class LSVCR(SequentialRecommender):
 
     # ---------------------------------------------------------------- history encoding
 
-    def _positions(self, mask: Tensor) -> Tensor:
+    def _positions(self, mask: Tensor, given: Tensor | None = None) -> Tensor:
         """``[B, L]`` position ids for right-padded histories with ``mask [B, L]``.
 
         ``start``: 0..n-1 from the oldest item. ``end``: the most recent item always gets
         ``max_position - 1`` (as if left-padded to ``max_position``), so the pooling read-out
         can tell recency apart; with right padding and ``start`` the last real item's position
         varies with the history length and no read-out can find it. In training with
-        ``random_positions`` (alignment): a sorted random subset of 0..max_position-1 per sample.
+        ``random_positions`` (alignment): a sorted random subset of 0..max_position-1 per sample,
+        ``given`` when the batch carries them (the collator's per-sample draws), else drawn here.
         """
         batch, length = mask.shape
         if length > self.max_position:
             raise ValueError(f"history length {length} exceeds max_position {self.max_position}")
         if self.training and self.random_positions:
-            perm = torch.rand(batch, self.max_position, device=mask.device).argsort(dim=-1)
-            return perm[:, :length].sort(dim=-1).values
+            if given is not None:
+                return given
+            return sorted_random_positions(torch.rand(batch, self.max_position, device=mask.device), mask)
         pos = torch.arange(length, device=mask.device).expand(batch, length)
         if self.position_align == "end":
             shift = self.max_position - mask.sum(dim=1, keepdim=True)
@@ -175,10 +185,11 @@ class LSVCR(SequentialRecommender):
         return pos
 
     def _stream_input(self, title: Tensor, comment: Tensor, ids: Tensor, mask: Tensor, pack: Packing,
-                      position: nn.Embedding, norm: nn.LayerNorm) -> Tensor:
+                      position: nn.Embedding, norm: nn.LayerNorm, given: Tensor | None = None) -> Tensor:
         """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input rows ``[N, d]`` at ``pack``'s positions."""
-        x = self.merge(torch.cat([self.adapter(pack.pack(title)), self.adapter(pack.pack(comment))], dim=-1))
-        x = x + position(pack.pack(self._positions(mask)))
+        x = position(pack.pack(self._positions(mask, given)))
+        if self.uses_text:
+            x = x + self.merge(torch.cat([self.adapter(pack.pack(title)), self.adapter(pack.pack(comment))], dim=-1))
         if self.use_ids:
             x = x + self.gate * self.id_embedding(pack.pack(ids))
         return self.dropout(norm(x))
@@ -188,16 +199,16 @@ class LSVCR(SequentialRecommender):
         c_pack)``; comment ones None without the comment stream. Padding is never computed (it is
         never read), and a mixed stream that is not asked for (``video``/``comment`` False) is
         skipped: rec reads only the video stream, comm_rank only the comment stream."""
-        if inputs.v_title is None or inputs.c_title is None or inputs.target_title is None:
+        if self.uses_text and (inputs.v_title is None or inputs.c_title is None or inputs.target_title is None):
             raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
         v_pack, c_pack = self._packings(inputs)
         x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, inputs.v_mask, v_pack,
-                                 self.v_position, self.v_norm)
+                                 self.v_position, self.v_norm, inputs.v_position)
         h_v = self.video_encoder.forward_rows(x_v, v_pack, inputs.v_mask, causal=True)
         if not self.use_comment_history:
             return h_v, v_pack, None, None
         x_c = self._stream_input(inputs.c_title, inputs.c_comment, inputs.c_ids, inputs.c_mask, c_pack,
-                                 self.c_position, self.c_norm)
+                                 self.c_position, self.c_norm, inputs.c_position)
         h_c = self.comment_encoder.forward_rows(x_c, c_pack, inputs.c_mask, causal=True)
         v = c = None
         if video:
@@ -269,8 +280,8 @@ class LSVCR(SequentialRecommender):
         """InfoNCE between ID embeddings and ``adapter(title)`` of the batch's unique history
         videos (both streams), both directions; each video's negatives are other unique videos
         of the batch (``min(num_negatives, U - 1)`` of them, never itself). Unweighted scalar."""
-        if not self.use_ids:
-            raise ValueError("id_text_loss needs ID embeddings (use_ids=True)")
+        if not (self.use_ids and self.uses_text):
+            raise ValueError("id_text_loss needs ID embeddings and text embeddings (use_ids=True, use_text=True)")
         # Flat positions of the real items (int gathers; the [B, L, E] text is only read at the U
         # first occurrences below, not copied per item).
         v_pos, c_pos = inputs.v_mask.reshape(-1).nonzero().squeeze(1), inputs.c_mask.reshape(-1).nonzero().squeeze(1)
@@ -330,3 +341,13 @@ def _fit_rows(weight: Tensor, rows: int) -> Tensor:
         return weight[:rows].clone()
     extra = weight.mean(dim=0, keepdim=True).expand(rows - weight.shape[0], -1)
     return torch.cat([weight, extra])
+
+
+def sorted_random_positions(noise: Tensor, mask: Tensor) -> Tensor:
+    """Robust position ids ``[B, L]``: each sample's real items (``mask [B, L]``, right-padded) get a
+    sorted random subset of ``0..P-1``, drawn from ``noise [B, P]`` (uniforms); padding gets 0.
+
+    The subset has the sample's own length, so its draw does not depend on how wide the batch is.
+    """
+    perm = noise.argsort(dim=-1)[:, : mask.shape[1]].to(mask.device)
+    return torch.where(mask, torch.where(mask, perm, noise.shape[1]).sort(dim=-1).values, 0)

@@ -9,11 +9,14 @@ history's ids, so it answers ``task="rec"`` only.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lsvcr.models.sr.inputs import SRInputs
-from lsvcr.models.sr.layers import SequentialRecommender, TransformerEncoder, init_weights
+from lsvcr.models.sr.layers import (
+    SequentialRecommender,
+    TransformerEncoder,
+    init_weights,
+)
 
 
 def _task_error(task: str) -> ValueError:

@@ -1,0 +1,155 @@
+"""stage=align with two torchrun ranks on the CPU (gloo), through the real CLI, against one process:
+one run directory written by rank 0, the same per-step losses and weights as one process with twice
+the micro-batch, an exact resume with 2 ranks, and the hand-over to a 2-rank stage=embed.
+
+Why 2 ranks x micro-batch m can equal 1 process x 2m exactly: global micro-batch b is the same
+samples either way (rank r takes the r-th slice), every random draw of a sample (hot comment,
+augmentation, kept comments, response, template, the SR's random positions) comes from
+(seed, epoch, its position in the epoch's order) alone, the InfoNCE terms gather their negatives
+from both ranks in rank order, and every loss is a global mean (``lsvcr.losses.align.global_mean``:
+a rank's share is its sum x world / the count on all ranks), which DDP's gradient mean turns into
+the one-process gradient. Only dropout is drawn per micro-batch and rank, so it is switched off
+(the SR's and LoRA's); augmentation stays on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from lsvcr.pipelines.align import LOSS_KEYS
+
+pytestmark = pytest.mark.slow
+# two processes fighting over 2 shared cores: one OpenMP thread each avoids spin-wait stalls
+ENV = {"OMP_NUM_THREADS": "1"}
+WORLD = ["data.num_users=140", "data.num_videos=200", "embed.max_length=16"]
+# the narrower tiny LM of test_align_stage (hidden 128); no LoRA dropout
+LLM = ["model.llm.hidden_size=128", "model.llm.intermediate_size=256", "model.llm.lora.dropout=0.0"]
+DDP = ["hardware=cpu_ddp"]  # torchrun, 2 processes
+STEPS = 4
+# 4 optimizer steps of 16 samples (micro-batch x 2 accumulation x processes), every step logged,
+# a checkpoint after step 2; no dropout anywhere (the one draw that is per micro-batch and rank)
+ALIGN = ["stage=align", *WORLD, *LLM, "prompts=en", "align.max_prompt_tokens=512", "align.grad_accum=2",
+         f"align.max_steps={STEPS}", "align.lr=3e-3", "align.log_every=1", "align.save_every=2",
+         "model.sr.dropout=0.0", "model.sr.attn_dropout=0.0"]
+ONE, TWO = ["align.micro_batch_size=8"], [*DDP, "align.micro_batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One output directory for the module: the world and its tokenizer are prepared once."""
+    return tmp_path_factory.mktemp("align_distributed")
+
+
+def _run(args: list[str], out: Path) -> tuple[Path, str]:
+    """Run the CLI; (the one run directory it created, its stdout + stderr)."""
+    before = set(out.glob("runs/*/*"))
+    r = run_cli(args, out, timeout=240, env=ENV)
+    assert r.returncode == 0, r.stderr[-4000:]
+    [run] = set(out.glob("runs/*/*")) - before  # one run directory, not one per rank
+    return run, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def one(out) -> Path:
+    """1 process x micro-batch 8 (it also prepares the world)."""
+    return _run([*ALIGN, *ONE], out)[0]
+
+
+@pytest.fixture(scope="module")
+def two(out, one) -> Path:
+    """2 ranks x micro-batch 4 (after ``one``, so the world is ready)."""
+    return _run([*ALIGN, *TWO], out)[0]
+
+
+def _losses(run: Path) -> list[dict]:
+    return json.loads((run / "losses.json").read_text())
+
+
+def _max_diffs(a: list[dict], b: list[dict]) -> dict[str, float]:
+    """Per loss key, the largest absolute difference over the logged steps of two runs."""
+    assert [e["step"] for e in a] == [e["step"] for e in b]
+    return {k: max(abs(x[k] - y[k]) for x, y in zip(a, b)) for k in (*LOSS_KEYS, "grad_norm", "lr")}
+
+
+# The bias of the additive-attention pooling's score feeds a softmax over the history: the loss is
+# invariant to it, its gradient is pure rounding noise, and Adam turns noise into steps of up to lr
+# in either run; it is the one parameter not compared.
+INVARIANT = {"sr.pooling.score.4.bias"}
+
+
+def _weights_diff(a: Path, b: Path) -> float:
+    """Largest absolute difference of the trained non-LLM weights of two checkpoints."""
+    x, y = load_file(a / "modules.safetensors"), load_file(b / "modules.safetensors")
+    assert x.keys() == y.keys() and INVARIANT <= x.keys()
+    return max((x[k] - y[k]).abs().max().item() for k in x.keys() - INVARIANT)
+
+
+def _lora_diff(a: Path, b: Path) -> float:
+    x, y = (load_file(p / "lora" / "adapter_model.safetensors") for p in (a, b))
+    assert x.keys() == y.keys()
+    return max((x[k] - y[k]).abs().max().item() for k in x)
+
+
+def test_two_ranks_write_one_run_directory(one, two):
+    assert [p.name for p in two.glob("resolved_config*")] == ["resolved_config.yaml"]
+    # the one-process run's files, plus the launcher's resolved config and the ranks' log: no per-rank files
+    names = {p.name for p in two.iterdir()}
+    assert names - {p.name for p in one.iterdir()} == {"resolved_config.yaml", "align.log"}
+    assert {p.name for p in one.iterdir()} <= names
+    log = (two / "align.log").read_text()
+    assert "rank 0 of 2 joined (gloo on cpu)" in log and "rank 1 of 2" not in log
+    assert "16 samples per step (4 x 2 accumulation x 2 processes)" in log
+    assert log.count(f"step {STEPS}/{STEPS}:") == 1  # only rank 0 logs
+    for ckpt in (two / "align", two / "align_step2"):
+        assert {"lora", "modules.safetensors", "tokenizer", "alignment.json", "trainer_state.json",
+                "trainer.pt"} <= {p.name for p in ckpt.iterdir()}
+    assert json.loads((two / "align" / "trainer_state.json").read_text())["step"] == STEPS
+    assert [e["step"] for e in _losses(two)] == list(range(1, STEPS + 1))
+    rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # not one row per rank
+    assert json.loads((two / "align.json").read_text())["plan"]["world"] == 2
+
+
+def test_two_ranks_train_exactly_as_one_process_with_twice_the_micro_batch(one, two):
+    a, b = _losses(one), _losses(two)
+    diffs = _max_diffs(a, b)
+    weights, lora = _weights_diff(one / "align", two / "align"), _lora_diff(one / "align", two / "align")
+    print("max abs differences, 1 process x 8 vs 2 ranks x 4:", diffs, "modules", weights, "lora", lora)
+    # losses.json rounds to 6 decimals; the rest is float32 summation order (batched matmuls of
+    # other shapes, a gathered InfoNCE, DDP's all-reduce). Measured: 1e-6 (one rounding unit) or 0.
+    assert all(diffs[k] < 1e-5 for k in LOSS_KEYS) and diffs["lr"] == 0, diffs
+    assert all(x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-6) for x, y in zip(a, b))  # ~80; 1e-5 apart
+    assert weights < 1e-5 and lora < 1e-5, (weights, lora)  # measured: ~6e-7 and ~2e-6
+    assert a[-1]["loss"] < a[0]["loss"]  # it trains, so agreeing is not trivial
+    assert len({e["loss"] for e in a}) == STEPS  # four different batches (of both tasks) compared
+
+
+def test_two_rank_resume_matches_the_uninterrupted_run(out, two):
+    resumed, text = _run([*ALIGN, *TWO, f"align.resume={two / 'align_step2'}"], out)
+    assert f"resumed {two / 'align_step2'} at step 2 of {STEPS}" in text
+    # steps 1-2 come from the checkpoint, 3-4 are recomputed by 2 ranks from step 2's state
+    assert _losses(resumed) == _losses(two)
+    for name in ("modules.safetensors", "lora/adapter_model.safetensors"):
+        x, y = load_file(two / "align" / name), load_file(resumed / "align" / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_two_rank_embedding_of_the_aligned_llm_equals_one_process(out, two, tmp_path):
+    # 2091 texts in 33 length-sorted batches of 64: the 2 ranks get unequal shares
+    args = ["stage=embed", *WORLD, *LLM, f"finetune.init_from={two}"]
+    _run([*args, f"embed.out_dir={tmp_path / 'one'}"], out)
+    _run([*args, *DDP, f"embed.out_dir={tmp_path / 'two'}"], out)
+    manifest = json.loads((tmp_path / "two" / "embed_manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["checkpoint"] == str(two.resolve())
+    for name in ("videos", "comments"):
+        a, b = np.load(tmp_path / "one" / f"{name}.npy"), np.load(tmp_path / "two" / f"{name}.npy")
+        assert a.shape == b.shape and a.shape[0] > 1 and np.isfinite(a).all()
+        # each length-sorted batch is the one-process batch: bit-identical rows
+        assert np.array_equal(a, b), f"{name}: max abs difference {np.abs(a - b).max()}"
