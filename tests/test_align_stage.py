@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import REPO, TINY, run_cli
 from lsvcr.data.errors import ConfigError
 from lsvcr.models.sr.lsvcr import LSVCR
-from lsvcr.pipelines.align import load_aligned_sr
+from lsvcr.pipelines.handover import load_aligned_sr
 
 pytestmark = pytest.mark.slow
 # a narrower tiny LM than the preset's: faster, and its hidden size (128) differs from the tables' 256

@@ -1,6 +1,5 @@
-"""stage=align: the LoRA LLM and the SR trained together (DESIGN section 4), and the hand-over to
-the later stages (:func:`load_aligned_llm` for ``stage=embed``, :func:`load_aligned_sr` for
-``stage=finetune``).
+"""stage=align: the LoRA LLM and the SR trained together (DESIGN section 4). The later stages read
+its checkpoints through :mod:`lsvcr.pipelines.handover` (``finetune.init_from``).
 
     lsvcr stage=align                                         # task=joint, tiny LLM, CPU
     lsvcr stage=align task=rec prompts=en model/llm=qwen2_5_0_5b hardware=gpu
@@ -19,14 +18,9 @@ Why an explicit loop and not the HF ``Trainer``: one step is a multi-part loss o
 batch (prompts + a batch-local text table + histories) whose InfoNCE terms gather negatives from
 every rank, and every part is logged; the ``Trainer`` wants dict batches and one loss, and resuming
 it exactly would mean re-implementing its data skipping. The loop talks to a small engine
-(:class:`_Engine`: one micro-step, learning rate, gradient norm, checkpoint state) with two
-implementations: Accelerate for one process and DDP (torchrun, ``accelerate launch``), and
-``deepspeed.initialize`` for ``hardware.launcher=deepspeed`` (ZeRO-2/3 from ``hardware.deepspeed``,
-written to ``deepspeed_config.json``). DeepSpeed is called directly, not through Accelerate, because
-Accelerate drops DeepSpeed on the CPU; so one DeepSpeed path serves CUDA and the CPU
-(``DS_ACCELERATOR=cpu``, gloo), and the CPU test covers what GPU runs execute: only the device, the
-precision and the optimizer kernel (torch's AdamW on the CPU, DeepSpeed's fused Adam on CUDA) differ.
-Both engines step the scheduler once per optimizer step and compute the same losses (tested).
+(:mod:`lsvcr.pipelines.align_engine`): Accelerate for one process and DDP, ``deepspeed.initialize``
+for ``hardware.launcher=deepspeed`` (ZeRO-2/3 from ``hardware.deepspeed``, written to
+``deepspeed_config.json``), the same DeepSpeed code on CUDA and on the CPU.
 
 Resuming is exact: the data order is a seeded permutation per epoch, every sample draws its
 augmentation, template and random positions from a seed of (seed, epoch, position in the epoch's
@@ -38,10 +32,8 @@ dropout the process count does not change a step either: 2 processes x micro-bat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import resource
 import shutil
 import time
@@ -51,39 +43,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from accelerate import Accelerator
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from lsvcr import distributed
-from lsvcr.data.align_batch import AlignCollator, AlignSamples, AugmentConfig, SampleRandom
+from lsvcr.data.align_batch import (
+    AlignCollator,
+    AlignSamples,
+    AugmentConfig,
+    SampleRandom,
+)
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
 from lsvcr.models.align import (
-    META_FILE,
-    MODULES_FILE,
     TOKENIZER_DIR,
     AlignmentModel,
     load_alignment,
-    load_sr_for_finetune,
     save_alignment,
 )
 from lsvcr.models.llm.loader import LLMBundle
-from lsvcr.models.llm.text_encoder import LLMTextEncoder
 from lsvcr.models.llm.tokenizer import FINGERPRINT_FILE
+from lsvcr.pipelines.align_engine import (
+    DS_DIR,
+    AccelerateEngine,
+    DeepSpeedEngine,
+    Engine,
+    build_engine,
+    world_size,
+)
 from lsvcr.pipelines.common import load_dataset, run_dir, start_logger, write_json
 from lsvcr.pipelines.embed import dataset_texts, llm_workdir
-from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
+from lsvcr.pipelines.handover import CKPT_DIR
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
 
-CKPT_DIR, STATE_FILE, TRAINER_FILE, DS_DIR = "align", "trainer_state.json", "trainer.pt", "deepspeed"
+STATE_FILE = "trainer_state.json"
 LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
 
 
@@ -193,226 +191,6 @@ def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
     torch.manual_seed(int(np.random.SeedSequence([seed, epoch, micro, rank]).generate_state(1)[0]))
 
 
-# ---------------------------------------------------------------- engines
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _numbers(cfg: DictConfig, plan: Plan, hidden_size: int) -> TrainingNumbers:
-    a = cfg.align
-    return TrainingNumbers(micro_batch_size=plan.micro_batch_size, grad_accum=plan.grad_accum, world_size=plan.world,
-                           precision=cfg.hardware.precision, lr=float(a.lr), weight_decay=float(a.weight_decay),
-                           betas=tuple(a.betas), eps=float(a.eps), grad_clip=float(a.max_grad_norm or 0.0),
-                           warmup_steps=_warmup(cfg, plan), total_steps=plan.total_steps, hidden_size=hidden_size,
-                           accelerator=cfg.hardware.accelerator)
-
-
-def _warmup(cfg: DictConfig, plan: Plan) -> int:
-    return math.ceil(float(cfg.align.warmup_ratio) * plan.total_steps)
-
-
-def _schedule(cfg: DictConfig, plan: Plan, opt: torch.optim.Optimizer):
-    """``align.scheduler`` with warm-up, stepped once per optimizer step by the engine."""
-    return get_scheduler(cfg.align.scheduler, opt, num_warmup_steps=_warmup(cfg, plan),
-                         num_training_steps=plan.total_steps)
-
-
-def _adamw(cfg: DictConfig, params: list) -> torch.optim.AdamW:
-    a = cfg.align
-    return torch.optim.AdamW(params, lr=float(a.lr), weight_decay=float(a.weight_decay), betas=tuple(a.betas),
-                             eps=float(a.eps))
-
-
-class _Engine:
-    """What the training loop asks of the engine that runs it: :class:`_Accelerate` (one process, DDP)
-    or :class:`_DeepSpeed` (ZeRO). ``model`` is the wrapped model, :meth:`module` the bare one."""
-
-    name: str
-    model: torch.nn.Module
-    device: torch.device
-    rank: int
-    params: list[torch.nn.Parameter]  # the trainable ones
-    grad_norm = None  # 2-norm of the gradients before clipping, at the last optimizer step (None: not known)
-
-    def _anchor(self) -> torch.Tensor:
-        """A zero built from every trainable parameter *before* the forward, added to the loss.
-
-        The model's graph depends on the data: a micro-batch without comment histories never
-        reaches the SR comment encoder's attention weights. Data-parallel engines need every rank to
-        hand over the same gradients in the same order: DDP's bucket never fills on the rank that
-        lacks some (the ranks' collectives then mismatch: gloo aborts, NCCL hangs), and ZeRO-1/2
-        reduce buckets in the order gradients arrive, interleaved with the all-reduces of the
-        InfoNCE gathers in backward. With this term every parameter gets a gradient in every
-        backward (exact zeros where the batch does not reach it, as ZeRO's flat partitions always
-        had), and none before the term's own backward, which autograd runs last (its nodes are the
-        oldest): all gradients arrive at the end of backward, in the term's fixed order on every
-        rank. The cost: gradient reduction no longer overlaps backward.
-        """
-        return torch.stack([p.sum(dtype=torch.float32) for p in self.params]).sum() * 0.0  # fp32: no fp16 inf
-
-    def micro_step(self, batch) -> tuple[dict, bool]:
-        """Forward and backward of one micro-batch and, when it ends an accumulation window, the
-        optimizer and scheduler steps; returns the model's outputs and whether a step was taken."""
-        raise NotImplementedError
-
-    def lr(self) -> float:
-        return float(self.sched.get_last_lr()[0])
-
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` averaged over the ranks (for logging)."""
-        if _world() > 1:
-            dist.all_reduce(values)
-            values /= _world()
-        return values
-
-    def module(self) -> AlignmentModel:
-        raise NotImplementedError
-
-    def gathered(self):
-        """A context in which :meth:`module` holds whole weights (all ranks enter it)."""
-        return contextlib.nullcontext()
-
-    def save_trainer(self, path: Path) -> None:
-        """Optimizer and scheduler state into checkpoint ``path`` (every rank calls)."""
-        raise NotImplementedError
-
-    def load_trainer(self, path: Path) -> None:
-        raise NotImplementedError
-
-
-class _Accelerate(_Engine):
-    """One process or DDP (torchrun, ``accelerate launch``): AdamW and the scheduler built here; the
-    scheduler is stepped by hand, once per optimizer step (a prepared one steps ``world`` times)."""
-
-    name = "Accelerate"
-
-    def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel):
-        hw = cfg.hardware
-        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
-        self.acc = Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
-                               gradient_accumulation_steps=plan.grad_accum)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.clip = float(cfg.align.max_grad_norm or 0.0)
-        opt = _adamw(cfg, self.params)
-        self.sched = _schedule(cfg, plan, opt)
-        self.model, self.opt = self.acc.prepare(model, opt)
-        self.device, self.rank = self.acc.device, self.acc.process_index
-
-    def micro_step(self, batch) -> tuple[dict, bool]:
-        acc = self.acc
-        anchor = self._anchor()
-        with acc.accumulate(self.model):
-            out = self.model(batch.to(self.device))
-            acc.backward(out["loss"] + anchor)
-            if acc.sync_gradients and self.clip:
-                self.grad_norm = acc.clip_grad_norm_(self.params, self.clip)
-            self.opt.step()
-            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
-                self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-        return out, acc.sync_gradients
-
-    def module(self) -> AlignmentModel:
-        return self.acc.unwrap_model(self.model)
-
-    def save_trainer(self, path: Path) -> None:
-        if is_rank_zero():
-            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, path / TRAINER_FILE)
-
-    def load_trainer(self, path: Path) -> None:
-        trainer = torch.load(path / TRAINER_FILE, weights_only=True, map_location="cpu")
-        self.opt.load_state_dict(trainer["optimizer"])
-        self.sched.load_state_dict(trainer["scheduler"])
-
-
-class _DeepSpeed(_Engine):
-    """``deepspeed.initialize`` with the filled ``hardware.deepspeed`` JSON: the same code on CUDA and on
-    the CPU (``DS_ACCELERATOR=cpu``, gloo); only the device, the precision and the Adam kernel differ.
-
-    The JSON's ``optimizer`` block has DeepSpeed build the optimizer (``torch_adam`` picks torch's AdamW
-    on the CPU and DeepSpeed's fused Adam on CUDA, see ``conf/hardware/deepspeed_z2.yaml``); without
-    one, torch's AdamW is built here. DeepSpeed clips (``gradient_clipping``), steps the optimizer at
-    accumulation boundaries and the scheduler (built by :func:`_schedule` on its optimizer) with it.
-    """
-
-    name = "DeepSpeed"
-
-    def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel, config: dict):
-        import deepspeed
-
-        if cfg.hardware.accelerator == "cpu":
-            _skip_shm_comm()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        client_opt = None if "optimizer" in config else _adamw(cfg, self.params)
-        self.model, _, _, self.sched = deepspeed.initialize(
-            model=model, model_parameters=self.params, optimizer=client_opt, config=config,
-            lr_scheduler=lambda opt: _schedule(cfg, plan, opt))
-        self.device, self.rank = self.model.device, self.model.global_rank
-
-    def micro_step(self, batch) -> tuple[dict, bool]:
-        engine = self.model
-        boundary = engine.is_gradient_accumulation_boundary()  # before step(), which counts the micro-batch
-        anchor = self._anchor()
-        out = engine(batch.to(self.device))
-        engine.backward(out["loss"] + anchor)  # scaled by 1 / grad_accum, like Accelerate's
-        engine.step()
-        if boundary:
-            self.grad_norm = engine.get_global_grad_norm()
-        return out, boundary
-
-    def _anchor(self) -> torch.Tensor:
-        if self.model.zero_optimization_stage() == 3:  # sharded parameters; ZeRO-3 reduces from hooks of its own
-            return torch.zeros((), device=self.device)
-        return super()._anchor()
-
-    def module(self) -> AlignmentModel:
-        return self.model.module
-
-    def gathered(self):
-        """Under ZeRO-3 the weights are sharded: gather the trained ones while rank 0 saves them."""
-        if self.model.zero_optimization_stage() != 3:
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([p for p in self.module().parameters() if p.requires_grad])
-
-    def save_trainer(self, path: Path) -> None:
-        # the frozen base LLM is not saved: the checkpoint's own files and model/llm rebuild it
-        self.model.save_checkpoint(str(path / DS_DIR), exclude_frozen_parameters=True)
-
-    def load_trainer(self, path: Path) -> None:
-        self.model.load_checkpoint(str(path / DS_DIR), load_module_strict=False)
-
-
-def _skip_shm_comm() -> None:
-    """Keep DeepSpeed's CPU communication backend from building its shared-memory all-reduce op.
-
-    DeepSpeed's ``TorchBackend`` JIT-compiles ``deepspeed_shm_comm`` (C++, minutes) wherever a
-    compiler is found, and under the ``deepspeed`` launcher (which exports ``LOCAL_SIZE``) each rank
-    maps a 66 MB ``/dev/shm/deepspeed_allreduce_buffer_*`` file that is never unlinked. Only
-    ``inference_all_reduce`` uses it; ZeRO training all-reduces through torch.distributed (gloo).
-    Marking the op incompatible (``deepspeed.ops.__compatible_ops__`` is DeepSpeed's own cache,
-    consulted by ``build_shm_op``) skips both.
-    """
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    if builder is not None:
-        deepspeed.ops.__compatible_ops__[builder.NAME] = False
-
-
-def _engine(cfg: DictConfig, plan: Plan, model: AlignmentModel, hidden_size: int, path: Path) -> _Engine:
-    hw = cfg.hardware
-    if hw.launcher != "deepspeed":
-        return _Accelerate(cfg, plan, model)
-    config = fill_auto(OmegaConf.to_container(hw.deepspeed, resolve=True), _numbers(cfg, plan, hidden_size))
-    write_json(path / "deepspeed_config.json", config)
-    return _DeepSpeed(cfg, plan, model, config)
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -453,7 +231,7 @@ def resume_checkpoint(resume: str) -> Path:
     return max(found, key=_step_of)
 
 
-def _load_trainer(ckpt: Path, engine: _Engine, plan: Plan) -> TrainState:
+def _load_trainer(ckpt: Path, engine: Engine, plan: Plan) -> TrainState:
     saved = json.loads((ckpt / STATE_FILE).read_text())
     old = Plan(**saved["plan"])
     if old.samples_per_step != plan.samples_per_step or old.samples != plan.samples:
@@ -464,7 +242,7 @@ def _load_trainer(ckpt: Path, engine: _Engine, plan: Plan) -> TrainState:
         log.warning("align.resume=%s: it planned %d optimizer steps, this run %d (align.max_steps or align.epochs "
                     "changed): the learning-rate schedule is re-planned, so this run will not equal an "
                     "uninterrupted run of either length", ckpt, old.total_steps, plan.total_steps)
-    saved_by = _DeepSpeed.name if (ckpt / DS_DIR).is_dir() else _Accelerate.name
+    saved_by = DeepSpeedEngine.name if (ckpt / DS_DIR).is_dir() else AccelerateEngine.name
     if saved_by != engine.name:
         raise ConfigError(f"align.resume={ckpt}: it was written under {saved_by}, this run uses {engine.name}; "
                           "resume with the hardware that wrote it")
@@ -483,7 +261,7 @@ class _Run:
     cfg: DictConfig
     path: Path
     workdir: Path
-    engine: _Engine
+    engine: Engine
     plan: Plan
     items: np.ndarray
     collator: AlignCollator
@@ -556,9 +334,9 @@ def run(cfg: DictConfig) -> float:
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
     bundle = build_llm(cfg, ds)
     items = AlignSamples(ds, tasks).items
-    plan = _plan(cfg, len(items), _world())
+    plan = _plan(cfg, len(items), world_size())
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
-    engine = _engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
+    engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
     state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [])
     r = _Run(cfg, path, llm_workdir(cfg, ds), engine, plan, items, _collator(cfg, ds, bundle.tokenizer),
              start_logger(cfg, path), state)
@@ -593,73 +371,3 @@ def _summarise(r: _Run, steps: int, seconds: float) -> float:
              seconds, steps, summary["steps_per_second"], summary["samples_per_second"], summary["peak_rss_mb"],
              f", peak CUDA {summary['peak_cuda_mb']:.0f} MB" if cuda else "", summary["checkpoint"])
     return float(summary["final"]["loss"]) if summary["final"] else float("nan")
-
-
-# ---------------------------------------------------------------- hand-over to embed / finetune
-
-
-def alignment_checkpoint(init_from) -> Path:
-    """The checkpoint of ``finetune.init_from``: ``<run>/align/``, or a checkpoint directory itself."""
-    path = Path(str(init_from)).expanduser().resolve()
-    for ckpt in (path / CKPT_DIR, path):
-        if (ckpt / META_FILE).exists() and (ckpt / MODULES_FILE).exists():
-            return ckpt
-    raise ConfigError(f"finetune.init_from={path}: no alignment checkpoint in {path / CKPT_DIR} (or {path}); "
-                      "give a run directory written by stage=align")
-
-
-def load_aligned_llm(cfg: DictConfig, init_from) -> tuple[LLMBundle, LLMTextEncoder]:
-    """The aligned LLM (base model of the run's ``model/llm``, its tokenizer, LoRA merged in) and its
-    text encoder with the trained ``llm_emb_mlp``, in eval mode."""
-    ckpt = alignment_checkpoint(init_from)
-    saved = OmegaConf.load(ckpt / "config.yaml").model.llm
-    given, used = OmegaConf.to_container(cfg.model.llm, resolve=True), OmegaConf.to_container(saved, resolve=True)
-    if given != used:
-        differ = ", ".join(f"{k}={used.get(k)!r} (not {given.get(k)!r})" for k in sorted(set(given) | set(used))
-                           if given.get(k) != used.get(k))
-        log.warning("finetune.init_from=%s was aligned with a different model/llm; using the aligned one: %s",
-                    ckpt.parent, differ)
-    bundle = instantiate(saved).build(None, ckpt)  # the tiny LM reloads the run's tokenizer from ckpt/tokenizer
-    try:
-        model = load_alignment(ckpt, bundle)
-    except ValueError as e:
-        raise ConfigError(f"finetune.init_from={ckpt.parent}: {e}") from None
-    encoder = model.text_encoder
-    encoder.llm = model.llm.merge_and_unload()  # plain weights: no LoRA detour per layer when encoding
-    encoder.eval()
-    bundle.model, bundle.source = encoder.llm, f"{bundle.source} + LoRA {ckpt}"
-    return bundle, encoder
-
-
-def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width: int | None) -> torch.nn.Module | None:
-    """Load the aligned SR weights into ``sr`` (positions resized, fresh ID embeddings, exactly those
-    keys missing); returns ``llm_emb_mlp`` when the tables are wider than the SR's input, else None."""
-    ckpt = alignment_checkpoint(init_from)
-    where = f"finetune.init_from={ckpt.parent}"
-    if not hasattr(sr, "load_aligned"):
-        raise ConfigError(f"{where}: model/sr={cfg.model.sr.name} cannot start from an alignment run; "
-                          "use model/sr=lsvcr")
-    try:
-        sr_state, mlp_state = load_sr_for_finetune(ckpt)
-        sr.load_aligned(sr_state)
-    except (ValueError, RuntimeError) as e:
-        aligned = json.loads((ckpt / META_FILE).read_text())["sr_config"]
-        raise ConfigError(f"{where}: its SR does not fit model/sr={cfg.model.sr.name} ({str(e).splitlines()[0]}); "
-                          f"it was aligned with {aligned}") from None
-    log.info("fine-tuning starts from the aligned SR of %s", ckpt)
-    if table_width is None or table_width == sr.adapter.in_features:
-        return None
-    mlp = _mlp(mlp_state)
-    if mlp[0].in_features != table_width or mlp[-1].out_features != sr.adapter.in_features:
-        raise ConfigError(f"{where}: its llm_emb_mlp maps {mlp[0].in_features} -> {mlp[-1].out_features}, but the "
-                          f"tables are {table_width} wide and the SR reads {sr.adapter.in_features}")
-    return mlp
-
-
-def _mlp(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
-    """``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out) rebuilt from its saved weights."""
-    inner, hidden = state["0.weight"].shape
-    out = state["2.weight"].shape[0]
-    mlp = torch.nn.Sequential(torch.nn.Linear(hidden, inner), torch.nn.GELU(), torch.nn.Linear(inner, out))
-    mlp.load_state_dict(state)
-    return mlp

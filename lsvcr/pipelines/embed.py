@@ -183,12 +183,12 @@ def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarra
 def _load_encoder(cfg: DictConfig, ds: PreparedDataset):
     """(text encoder, tokenizer, model name, weights source) for the tables of ``cfg``.
 
-    An alignment run is read by ``lsvcr.pipelines.align.load_aligned_llm(cfg, init_from)``, which
+    An alignment run is read by ``lsvcr.pipelines.handover.load_aligned_llm(cfg, init_from)``, which
     returns ``(LLMBundle, LLMTextEncoder)``: the LoRA LLM and its trained ``llm_emb_mlp``.
     """
     init_from = _init_from(cfg)
     if init_from:
-        from lsvcr.pipelines.align import load_aligned_llm  # raises ConfigError naming a bad init_from
+        from lsvcr.pipelines.handover import load_aligned_llm  # raises ConfigError naming a bad init_from
 
         bundle, encoder = load_aligned_llm(cfg, init_from)
         return encoder, bundle.tokenizer, bundle.name, init_from

@@ -61,7 +61,7 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
         v, c, _ = ensure_tables(cfg, ds)
         video, comment = torch.from_numpy(np.array(v, np.float32)), torch.from_numpy(np.array(c, np.float32))
     if cfg.finetune.get("init_from"):
-        from lsvcr.pipelines.align import load_aligned_sr
+        from lsvcr.pipelines.handover import load_aligned_sr
 
         projection = load_aligned_sr(cfg, sr, cfg.finetune.init_from, table_width=None if video is None else video.shape[1])
     elif video is not None and video.shape[1] != sr.adapter.in_features:
