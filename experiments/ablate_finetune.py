@@ -38,6 +38,9 @@ VARIANTS = {
     "lr_3e-3": ["model/sr=lsvcr", "optim.lr=3e-3"],
     "lr_3e-4": ["model/sr=lsvcr", "optim.lr=3e-4"],
     "temperature_0.2": ["model/sr=lsvcr", "model.sr.temperature=0.2"],
+    "temperature_0.5": ["model/sr=lsvcr", "model.sr.temperature=0.5"],
+    "temperature_0.2_dropout_0.2": ["model/sr=lsvcr", "model.sr.temperature=0.2", "model.sr.dropout=0.2",
+                                    "model.sr.attn_dropout=0.2"],
 }
 
 

@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +41,10 @@ METRICS = ("ndcg@10", "recall@10", "mrr@10")
 def run_one(args: list[str], out: Path, with_run: bool = False) -> dict:
     """The test results of one `lsvcr` run; with ``with_run`` also its best epoch and train time."""
     env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(OUT / "data")}
-    before = set(out.glob("runs/*/*"))
-    subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled"], cwd=REPO, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    [run] = set(out.glob("runs/*/*")) - before
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S_"), dir=out / "runs"))  # safe next to other drivers
+    subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled", f"hydra.run.dir={run}"],
+                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run / "metrics.json").read_text())
     if not with_run:
         return metrics["results"]["test"]
