@@ -76,6 +76,10 @@ def test_alignment_losses_hand_computed(has):
     want = softplus(-1.0) if has[0] else softplus(1.0)
     assert out["behaviour_loss"].item() == pytest.approx(want, rel=1e-6)
     assert out["contrast_loss"].item() == pytest.approx(want + out["llm_sr_loss"].item(), rel=1e-6)
+    # diagnostics: each sr row retrieves its own key; against two equal llm keys every row ties (a miss);
+    # the sr rows are orthogonal, the llm rows identical (collapsed)
+    assert (out["rec_top1"].item(), out["llm_sr_top1"].item()) == (1.0, 0.0)
+    assert out["sr_cosine"].item() == pytest.approx(0.0, abs=1e-7) and out["llm_cosine"].item() == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- 2 processes, unequal shards
@@ -112,7 +116,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         loss.backward()
         total = loss.detach().clone()
         dist.all_reduce(total)
-        torch.save({"mean_loss": total / world, "grads": [v.grad for v in vecs] + [hidden.grad]}, f"{out_dir}/rank{rank}.pt")
+        llm, vp, vq, cp, cq, key = vecs
+        top1 = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task[rows], has[rows], 0.5)["rec_top1"]
+        dist.all_reduce(top1)
+        torch.save({"mean_loss": total / world, "grads": [v.grad for v in vecs] + [hidden.grad],
+                    "rec_top1": top1 / world}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -128,6 +136,10 @@ def test_distributed_alignment_losses_match_single_process(tmp_path):
         out = torch.load(tmp_path / f"rank{rank}.pt")
         rows = slice(sum(SIZES[:rank]), sum(SIZES[: rank + 1]))
         assert out["mean_loss"].item() == pytest.approx(single.item(), abs=1e-9)
+        # the in-batch accuracy over unequal shards, averaged over ranks, is the one-process share
+        llm, vp, vq, cp, cq, key = vecs
+        want = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task, has, 0.5)["rec_top1"]
+        assert out["rec_top1"].item() == pytest.approx(want.item(), abs=1e-12)
         for got, leaf in zip(out["grads"], leaves):  # DDP divides the sum over ranks by world
             assert (got / world - leaf.grad[rows]).abs().max() < 1e-9
 

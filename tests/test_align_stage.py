@@ -48,6 +48,8 @@ def test_total_loss_falls_and_every_part_is_logged(aligned):
     for e in losses:
         assert {"loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss", "lr"} <= set(e)
         assert e["loss"] == pytest.approx(e["lm_loss"] + e["rec_loss"] + 0.5 * e["contrast_loss"], rel=1e-4)
+        assert 0 <= e["rec_top1"] <= 1 and 0 <= e["llm_sr_top1"] <= 1  # diagnostics logged with the losses
+        assert -1 <= e["sr_cosine"] <= 1 and -1 <= e["llm_cosine"] <= 1
     assert losses[-1]["loss"] < losses[0]["loss"]
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged if "train/loss" in m] == [2, 4, 6, 8]

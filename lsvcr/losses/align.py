@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsvcr.losses.contrastive import _dist_active, batch_info_nce, behaviour_contrast, symmetric_info_nce
+from lsvcr.losses.contrastive import _dist_active, _gather, batch_info_nce, behaviour_contrast, symmetric_info_nce
 from lsvcr.models.sr.lsvcr import SRReadouts
 
 REC, COMM_RANK = 0, 1
@@ -75,6 +75,34 @@ def masked_behaviour_contrast(
     return global_mean(total, count, group)
 
 
+@torch.no_grad()
+def in_batch_top1(query: Tensor, keys: Tensor, group=None) -> Tensor:
+    """Share of rows whose own key (local row i of ``keys``) scores strictly above every other key of
+    every rank (cosine): the in-batch retrieval accuracy an InfoNCE term trains. Ties count as misses,
+    so collapsed (constant) representations score 0; chance is about 1 / (keys on all ranks). Same
+    distributed convention as the losses (averaged over ranks it is the global share)."""
+    all_keys, offset, _ = _gather(keys.detach(), group)
+    scores = F.normalize(query.detach(), dim=-1) @ F.normalize(all_keys, dim=-1).T
+    rows = torch.arange(query.shape[0], device=query.device)
+    own = scores[rows, offset + rows]
+    others = scores.index_put((rows, offset + rows), scores.new_tensor(float("-inf")))
+    hits = (own > others.max(dim=1).values).sum(dtype=torch.float32) if scores.shape[1] > 1 else own.new_tensor(
+        float(query.shape[0]))
+    return global_mean(hits, query.shape[0], group)
+
+
+@torch.no_grad()
+def mean_pairwise_cosine(x: Tensor) -> Tensor:
+    """Mean cosine between different rows of ``x [B, d]`` (this rank's batch): near 1 = the
+    representation has collapsed to one direction; 0 for a batch of one."""
+    n = x.shape[0]
+    if n < 2:
+        return x.new_zeros(())
+    z = F.normalize(x.detach().float(), dim=-1)
+    total = z.sum(dim=0).square().sum() - n  # sum over i != j of z_i . z_j
+    return total / (n * (n - 1))
+
+
 def alignment_losses(
     llm_repr: Tensor,
     readouts: SRReadouts,
@@ -94,7 +122,10 @@ def alignment_losses(
         has_comment_history: ``[B]`` bool.
 
     Returns:
-        ``rec_loss``, ``behaviour_loss``, ``llm_sr_loss`` and ``contrast_loss`` (= the last two summed).
+        ``rec_loss``, ``behaviour_loss``, ``llm_sr_loss`` and ``contrast_loss`` (= the last two summed),
+        and diagnostics without gradient: ``rec_top1`` and ``llm_sr_top1`` (:func:`in_batch_top1` of the
+        SR representation against the target keys and the LLM representations), ``sr_cosine`` and
+        ``llm_cosine`` (:func:`mean_pairwise_cosine`: collapse of either user representation).
     """
     sr_repr = task_user_repr(readouts, task)
     rec_loss = batch_info_nce(sr_repr, target_key, temperature, group)
@@ -106,4 +137,6 @@ def alignment_losses(
         positive = torch.where(is_rec, readouts.video_pool, readouts.comment_query)
         negative = torch.where(is_rec, readouts.comment_pool, readouts.video_query)
         behaviour = masked_behaviour_contrast(llm_repr, positive, negative, has_comment_history, temperature, group)
-    return {"rec_loss": rec_loss, "behaviour_loss": behaviour, "llm_sr_loss": llm_sr, "contrast_loss": behaviour + llm_sr}
+    return {"rec_loss": rec_loss, "behaviour_loss": behaviour, "llm_sr_loss": llm_sr, "contrast_loss": behaviour + llm_sr,
+            "rec_top1": in_batch_top1(sr_repr, target_key, group), "llm_sr_top1": in_batch_top1(sr_repr, llm_repr, group),
+            "sr_cosine": mean_pairwise_cosine(sr_repr), "llm_cosine": mean_pairwise_cosine(llm_repr)}

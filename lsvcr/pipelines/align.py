@@ -11,7 +11,8 @@ its checkpoints through :mod:`lsvcr.pipelines.handover` (``finetune.init_from``)
 
 Run directory: ``align/`` (final checkpoint: ``lora/``, ``modules.safetensors``, ``tokenizer/``,
 ``alignment.json``, ``config.yaml``, ``trainer_state.json`` and ``trainer.pt`` or ``deepspeed/``),
-``align_step<N>/`` (the same every ``align.save_every`` steps), ``losses.json`` (the loss curve),
+``align_step<N>/`` (the same every ``align.save_every`` steps), ``losses.json`` (the loss curve, with
+in-batch top-1 accuracy and representation collapse: ``DIAGNOSTIC_KEYS``),
 ``align.json`` (summary), ``metrics.jsonl``, and ``deepspeed_config.json`` under DeepSpeed.
 
 Why an explicit loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
@@ -83,6 +84,8 @@ log = logging.getLogger("lsvcr")
 
 STATE_FILE = "trainer_state.json"
 LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
+# logged next to the losses: in-batch retrieval accuracy and representation collapse (lsvcr.losses.align)
+DIAGNOSTIC_KEYS = ("rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
 
 
 # ---------------------------------------------------------------- config -> parts
@@ -283,7 +286,7 @@ def _train(r: _Run) -> None:
         for micro, batch in zip(range(first, len(data)), loader):
             _seed_step(int(r.cfg.seed), epoch, micro, eng.rank)
             out, stepped = eng.micro_step(batch)
-            for k in LOSS_KEYS:
+            for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS):
                 window[k] += float(out[k].detach())
             count += 1
             if not stepped:
@@ -303,16 +306,17 @@ def _train(r: _Run) -> None:
 
 def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
     """Average the window's losses over its micro-batches and all ranks; log and record them."""
-    means = torch.tensor([window[k] / max(count, 1) for k in LOSS_KEYS], device=r.engine.device)
+    keys = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)
+    means = torch.tensor([window[k] / max(count, 1) for k in keys], device=r.engine.device)
     means = r.engine.mean(means)
     entry = {"step": r.state.step, "epoch": epoch, "lr": r.engine.lr()}
-    entry |= {k: round(float(v), 6) for k, v in zip(LOSS_KEYS, means.tolist())}
+    entry |= {k: round(float(v), 6) for k, v in zip(keys, means.tolist())}
     if r.engine.grad_norm is not None:
         entry["grad_norm"] = round(float(r.engine.grad_norm), 6)
     r.state.losses.append(entry)
-    r.logger.log({f"train/{k}" if k in LOSS_KEYS else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
+    r.logger.log({f"train/{k}" if k in keys else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
     log.info("step %d/%d: %s", r.state.step, r.plan.total_steps,
-             ", ".join(f"{k} {entry[k]:.4f}" for k in LOSS_KEYS))
+             ", ".join(f"{k} {entry[k]:.4f}" for k in keys))
     return entry
 
 
