@@ -15,12 +15,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("smollm2_from_pypi", REPO / "experiments" / "smollm2_from_pypi.py")
+def load_experiment(name: str):
+    """``experiments/<name>.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_experiment("smollm2_from_pypi")
 
 
 def make_wheel(path: Path, members: dict[str, bytes]) -> Path:
@@ -157,10 +162,7 @@ def test_preset_takes_the_documented_local_path(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_align", REPO / "experiments" / "bench_align.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_align")
 
 
 def test_bench_times_steps_from_the_stage_log(bench):

@@ -73,7 +73,6 @@ from lsvcr.pipelines.align_engine import (
     DeepSpeedEngine,
     Engine,
     build_engine,
-    world_size,
 )
 from lsvcr.pipelines.common import load_dataset, run_dir, start_logger, write_json
 from lsvcr.pipelines.embed import dataset_texts, llm_workdir
@@ -338,7 +337,7 @@ def run(cfg: DictConfig) -> float:
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
     bundle = build_llm(cfg, ds)
     items = AlignSamples(ds, tasks).items
-    plan = _plan(cfg, len(items), world_size())
+    plan = _plan(cfg, len(items), distributed.rank_and_world()[1])
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
     engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
     state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [])

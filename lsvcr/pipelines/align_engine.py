@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
+from lsvcr import distributed
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines.common import write_json
 from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lsvcr")
 
 TRAINER_FILE, DS_DIR = "trainer.pt", "deepspeed"  # a checkpoint's optimizer state: Accelerate's file, DeepSpeed's dir
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _numbers(cfg: DictConfig, plan: Plan, hidden_size: int) -> TrainingNumbers:
@@ -107,9 +104,10 @@ class Engine:
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` averaged over the ranks (for logging)."""
-        if world_size() > 1:
+        world = distributed.rank_and_world()[1]
+        if world > 1:
             dist.all_reduce(values)
-            values /= world_size()
+            values /= world
         return values
 
     def module(self) -> AlignmentModel:

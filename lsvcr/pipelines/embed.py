@@ -107,12 +107,6 @@ def dataset_texts(ds: PreparedDataset) -> Iterator[str]:
                 yield c[i]
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _device(cfg: DictConfig) -> torch.device:
     accelerator = str(OmegaConf.select(cfg, "hardware.accelerator", default="cpu"))
     if accelerator != "cpu" and torch.cuda.is_available():
@@ -166,7 +160,7 @@ def ensure_tables(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.
 
 def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray, dict, bool]:
     out = tables_dir(cfg, ds)
-    rank, world = _world()
+    rank, world = distributed.rank_and_world()
     found = _load_complete(out, cfg, ds) if rank == 0 else None
     build = [found is None]
     if world > 1:  # one decision for all ranks: a late rank must not see rank 0's new manifest
