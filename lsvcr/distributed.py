@@ -48,6 +48,17 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def accelerator(hw, **kwargs):
+    """An ``accelerate.Accelerator`` for the ``hardware`` settings ``hw`` (accelerator, precision);
+    ``kwargs`` go to the constructor. Inside a launched rank it joins the process group above."""
+    from accelerate import Accelerator
+
+    from lsvcr.launch import ACCELERATE_PRECISION
+
+    return Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu",
+                       mixed_precision=ACCELERATE_PRECISION[hw.get("precision", "fp32")], **kwargs)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

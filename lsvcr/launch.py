@@ -33,6 +33,10 @@ from lsvcr.data.errors import ConfigError
 
 log = logging.getLogger("lsvcr")
 
+#: ``hardware.precision`` -> Accelerate's ``mixed_precision`` (``accelerate launch`` here, and
+#: :func:`lsvcr.distributed.accelerator` in the ranks)
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
 # set for the launched ranks (and by lsvcr.rank itself): a rank never launches ranks of its own
 ENV_RESOLVED = "LSVCR_RESOLVED_CONFIG"
 RANK_MODULE = "lsvcr.rank"
@@ -166,10 +170,9 @@ def _deepspeed_flags(hw: dict) -> list[str]:
 def _accelerate_flags(hw: dict) -> list[str]:
     # --multi_gpu selects Accelerate's torch.distributed launcher; --cpu would run a single process
     total = hw["nproc_per_node"] * hw["nnodes"]
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw["precision"]]
     return ["--multi_gpu", "--num_processes", str(total), "--num_machines", str(hw["nnodes"]),
             "--machine_rank", str(hw["node_rank"]), "--main_process_ip", str(hw["master_addr"]),
-            "--main_process_port", str(hw["master_port"]), "--mixed_precision", mixed,
+            "--main_process_port", str(hw["master_port"]), "--mixed_precision", ACCELERATE_PRECISION[hw["precision"]],
             "--dynamo_backend", "no"]
 
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
@@ -132,10 +131,7 @@ class AccelerateEngine(Engine):
     name = "Accelerate"
 
     def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel):
-        hw = cfg.hardware
-        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
-        self.acc = Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
-                               gradient_accumulation_steps=plan.grad_accum)
+        self.acc = distributed.accelerator(cfg.hardware, gradient_accumulation_steps=plan.grad_accum)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.clip = float(cfg.align.max_grad_norm or 0.0)
         opt = _adamw(cfg, self.params)

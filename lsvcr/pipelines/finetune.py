@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from lsvcr import distributed
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.loader import TrainBatches
@@ -71,13 +72,11 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
 
 
 def _accelerator(cfg: DictConfig) -> Accelerator:
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.hardware.get("precision", "fp32")]
     # The SR's modules of the other task (rec: comment stream and query attention; comm_rank: video
     # stream and pooling) never get a gradient, which DDP's reducer only tolerates when told to look
     # for unused parameters (an autograd-graph walk per step, small next to the SR's forward).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cfg.hardware.get("accelerator", "cpu") == "cpu", mixed_precision=precision,
-                       kwargs_handlers=[ddp])
+    return distributed.accelerator(cfg.hardware, kwargs_handlers=[ddp])
 
 
 def _prepare(accelerator: Accelerator, model: Recommender, opt):

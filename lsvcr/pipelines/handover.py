@@ -20,7 +20,7 @@ from lsvcr.models.align import (
     load_sr_for_finetune,
 )
 from lsvcr.models.llm.loader import LLMBundle
-from lsvcr.models.llm.text_encoder import LLMTextEncoder
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, llm_emb_mlp
 
 log = logging.getLogger("lsvcr")
 
@@ -86,9 +86,8 @@ def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width
 
 
 def _mlp(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
-    """``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out) rebuilt from its saved weights."""
+    """``llm_emb_mlp`` rebuilt from its saved weights."""
     inner, hidden = state["0.weight"].shape
-    out = state["2.weight"].shape[0]
-    mlp = torch.nn.Sequential(torch.nn.Linear(hidden, inner), torch.nn.GELU(), torch.nn.Linear(inner, out))
+    mlp = llm_emb_mlp(hidden, state["2.weight"].shape[0], inner)
     mlp.load_state_dict(state)
     return mlp

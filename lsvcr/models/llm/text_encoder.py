@@ -84,6 +84,12 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return total / keep.sum(dim=1).clamp(min=1)
 
 
+def llm_emb_mlp(hidden_size: int, out_dim: int, inner: int | None = None) -> nn.Sequential:
+    """``llm_emb_mlp``: hidden -> inner (default hidden/4) -> GELU -> out_dim."""
+    inner = max(1, hidden_size // 4) if inner is None else inner
+    return nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, out_dim))
+
+
 class LLMTextEncoder(nn.Module):
     """Causal LM (possibly LoRA-wrapped) + ``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out_dim).
 
@@ -98,8 +104,7 @@ class LLMTextEncoder(nn.Module):
         self.llm = llm
         self.hidden_size = int(hidden_size or llm.config.hidden_size)
         self.out_dim = int(out_dim)
-        inner = max(1, self.hidden_size // 4)
-        self.llm_emb_mlp = nn.Sequential(nn.Linear(self.hidden_size, inner), nn.GELU(), nn.Linear(inner, self.out_dim))
+        self.llm_emb_mlp = llm_emb_mlp(self.hidden_size, self.out_dim)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean over real tokens of the LM's last hidden state: ``[N, T]`` -> ``[N, hidden]`` float32."""
