@@ -45,7 +45,7 @@ def run(cfg: DictConfig):
         sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://lsvcr.conf", config_name="config")
 def main(cfg: DictConfig):
     return run(cfg)
 

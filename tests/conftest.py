@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,12 +29,22 @@ def small_world(tmp_path_factory):
     return PreparedDataset(path), truth
 
 
+def console_script() -> str:
+    """The installed ``lsvcr`` command of the Python running the tests (what a user types)."""
+    found = shutil.which("lsvcr", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"no `lsvcr` console script next to {sys.executable}: install the package (pip install -e .)")
+    return found
+
+
 def run_cli(args: list[str], out_dir: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m lsvcr.main`` with outputs under ``out_dir``; returns the finished process."""
+    """Run the installed ``lsvcr`` command from ``out_dir`` (outside the repository, as a user would),
+    with outputs under ``out_dir``; returns the finished process."""
     e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LSVCR_OUTPUT_DIR": str(out_dir),
          "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lsvcr.main", *args], cwd=REPO, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return subprocess.run([console_script(), *args], cwd=out_dir, env=e, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # small prompt templates for alignment tests (the real ones are conf/prompts/*.yaml)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
@@ -15,6 +16,10 @@ CONF = REPO / "conf"
 # values a group entry requires (`???`) so it can be composed in a test
 REQUIRED = {"data=native": ["data.root=/x"], "data=kuaicomt": ["data.root=/x"], "data=official": ["data.root=/x"],
             "data=prepared": ["data.prepared_dir=/x"], "model/llm=hf": ["model.llm.name_or_path=/x"]}
+
+
+# group -> the key of its entries' node that carries `_target_` ("" = the node itself)
+BUILDERS = {"stage": "", "model/sr": "", "model/llm": "", "logger": "", "data": "reader"}
 
 
 def group_entries():
@@ -32,9 +37,16 @@ def test_every_group_entry_composes(override):
         cfg = compose("config", overrides=[override, *extra], return_hydra_config=True)
     # resolve everything but Hydra's own runtime-only interpolations
     OmegaConf.resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("hydra", "paths")]))
-    if "_target_" in str(override) or override.startswith(("stage=", "model/sr=", "logger=")):
-        node = OmegaConf.select(cfg, override.split("=")[0].replace("/", "."))
-        assert "_target_" in node
+    # entries of the groups that build objects name an importable callable
+    group = override.split("=")[0]
+    if group in BUILDERS:
+        node = OmegaConf.select(cfg, group.replace("/", "."))
+        if BUILDERS[group]:
+            node = node[BUILDERS[group]]
+        if node is None:  # data=prepared reads a prepared directory: no reader
+            assert override == "data=prepared"
+        else:
+            assert callable(get_object(node._target_)), f"{override}: {node._target_}"
 
 
 def test_cfg_job_prints_composed_config(tmp_path):

@@ -44,6 +44,38 @@ def test_finetune_lsvcr_improves_over_untrained(tmp_path, task, epochs, extra):
     assert set(summary["results"]) == {"val", "test"} and summary["results"]["test"]["full"]["count"] > 0
     weights = load_file(run / "best" / "model.safetensors")
     assert "sr.id_embedding.weight" in weights and not any("table" in k for k in weights)
+    assert len(list(tmp_path.rglob("embeddings/*/videos.npy"))) == 1  # the text tables were built on demand
+
+    # stage=evaluate on the run's best checkpoint reproduces the run's own test figures
+    r = run_cli(["stage=evaluate", f"task={task}", "model/sr=lsvcr", f"evaluate.checkpoint={run}", *_eval_args(extra)],
+                tmp_path, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [evaluated] = _runs(tmp_path, f"evaluate-{task}-lsvcr")
+    again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["checkpoint"] == str(run) and again["results"].keys() == summary["results"].keys()
+    for split, by_protocol in summary["results"].items():
+        for protocol, metrics in by_protocol.items():
+            assert again["results"][split][protocol] == pytest.approx(metrics, rel=1e-6), (split, protocol)
+    if task == "rec":
+        _checkpoint_errors(tmp_path, run, evaluated, extra)
+
+
+def _eval_args(extra: list[str]) -> list[str]:
+    """The data and evaluation settings of a fine-tuning command line (stage=evaluate has no finetune/optim)."""
+    return [a for a in [*FAST, *extra] if not a.startswith(("finetune.", "optim."))]
+
+
+def _checkpoint_errors(tmp_path: Path, run: Path, not_finetune: Path, extra: list[str]) -> None:
+    """One clear error each: another task, another model, a non-finetune run, other video counts."""
+    cases = [(["task=comm_rank", "model/sr=lsvcr", f"evaluate.checkpoint={run}"], "the checkpoint is task=rec"),
+             (["task=rec", "model/sr=sasrec", f"evaluate.checkpoint={run}"], "the checkpoint is model/sr=lsvcr"),
+             (["task=rec", "model/sr=lsvcr", f"evaluate.checkpoint={not_finetune}"], "not a finetune run directory"),
+             (["task=rec", "model/sr=lsvcr", f"evaluate.checkpoint={run}", "data.num_videos=150"],
+              "trained on 200 videos"),
+             (["task=rec", "model/sr=lsvcr"], "evaluate.checkpoint=<finetune run dir>")]
+    for args, message in cases:
+        r = run_cli(["stage=evaluate", *_eval_args(extra), *args], tmp_path / "errors", env=ENV)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
@@ -105,6 +137,6 @@ def test_no_text_ablation_trains_on_ids_alone(tmp_path):
     [run] = _runs(tmp_path, "finetune-rec-lsvcr_no_text")
     weights = load_file(run / "best" / "model.safetensors")
     assert "sr.id_embedding.weight" in weights and not any("adapter" in k or "merge" in k for k in weights)
-    assert not list(tmp_path.rglob("video_emb.npy"))  # the embed stage never ran
+    assert not list(tmp_path.rglob("embeddings/*/videos.npy"))  # no text tables were built
     r = run_cli(["stage=finetune", "task=comm_rank", "experiment=lsvcr_no_text", *FAST], tmp_path, env=ENV)
     assert r.returncode == 2 and "use task=rec" in r.stderr and "Traceback" not in r.stderr

@@ -1,18 +1,22 @@
-"""stage=evaluate: score val/test with a baseline scorer under both protocols.
+"""stage=evaluate: score val/test with a baseline scorer, or a fine-tuned checkpoint, under both protocols.
 
     lsvcr stage=evaluate task=rec model/sr=popularity
     lsvcr stage=evaluate task=comm_rank model/sr=most_liked
+    lsvcr stage=evaluate task=rec model/sr=lsvcr evaluate.checkpoint=<finetune run dir>
+    lsvcr stage=evaluate task=rec model/sr=lsvcr evaluate.checkpoint=<run> eval.splits=[test] eval.protocols=[full]
 """
 
 from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
+from lsvcr.pipelines.finetune import is_trainable, load_finetuned
 
 log = logging.getLogger("lsvcr")
 
@@ -20,7 +24,7 @@ log = logging.getLogger("lsvcr")
 def run(cfg: DictConfig) -> float:
     path = run_dir(cfg)
     ds = load_dataset(cfg)
-    scorer = build(cfg.model.sr).fit(ds)
+    scorer = _scorer(cfg, ds)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     evaluator = Evaluator(ds, gatherer, cfg.task.name, eval_config(cfg))
     logger = start_logger(cfg, path)
@@ -31,9 +35,26 @@ def run(cfg: DictConfig) -> float:
             rows[f"{cfg.model.sr.name} {split}/{protocol}"] = m
             logger.log({f"{split}/{protocol}/{k}": v for k, v in m.items()})
     logger.finish()
-    write_json(path / "metrics.json", {"task": cfg.task.name, "model": cfg.model.sr.name, "results": results})
+    write_json(path / "metrics.json", {"task": cfg.task.name, "model": cfg.model.sr.name, "results": results,
+                                       "checkpoint": _checkpoint(cfg)})
     log.info("%s metrics (%s):\n%s", cfg.task.name, ds.root, format_table(rows))
     return _selection_metric(results)
+
+
+def _checkpoint(cfg: DictConfig) -> str | None:
+    # a node of this stage's config; the pipeline stage runs evaluate on its own config without it
+    return OmegaConf.select(cfg, "evaluate.checkpoint", default=None)
+
+
+def _scorer(cfg: DictConfig, ds):
+    """The fine-tuned model of ``evaluate.checkpoint``, or the baseline of ``model/sr`` fitted on train."""
+    checkpoint = _checkpoint(cfg)
+    if checkpoint:
+        return load_finetuned(cfg, ds, checkpoint)
+    if is_trainable(cfg.model.sr):
+        raise ConfigError(f"model/sr={cfg.model.sr.name} is trained by stage=finetune: evaluate its run with "
+                          f"evaluate.checkpoint=<finetune run dir>")
+    return build(cfg.model.sr).fit(ds)
 
 
 def _selection_metric(results: dict) -> float:

@@ -12,6 +12,7 @@ scheduler state and counters after the latest epoch, for ``finetune.resume``), `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -42,9 +43,20 @@ log = logging.getLogger("lsvcr")
 _RANK_STRIDE = 1_000_003
 
 
+# <run>/checkpoint.json: what `stage=evaluate evaluate.checkpoint=<run>` needs to rebuild the model
+CHECKPOINT_META = "checkpoint.json"
+# the config nodes that shape a fine-tuned model and its text tables (saved in CHECKPOINT_META)
+_MODEL_KEYS = ("seed", "model", "embed", "finetune")
+
+
+def is_trainable(sr_cfg: DictConfig) -> bool:
+    """Whether a ``model/sr`` node is an SR that ``stage=finetune`` trains (not a fitted baseline)."""
+    return "_target_" in sr_cfg and not sr_cfg._target_.startswith(("lsvcr.models.popularity", "lsvcr.models.random"))
+
+
 def build_recommender(cfg: DictConfig, ds) -> Recommender:
     """The SR of ``model/sr`` with its text tables (and the aligned weights of ``finetune.init_from``)."""
-    if "_target_" not in cfg.model.sr or cfg.model.sr._target_.startswith(("lsvcr.models.popularity", "lsvcr.models.random")):
+    if not is_trainable(cfg.model.sr):
         raise ConfigError(f"model/sr={cfg.model.sr.name} has nothing to fine-tune; use stage=evaluate")
     longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
     if cfg.model.sr.get("max_position", longest) < longest:
@@ -69,6 +81,48 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
         raise ConfigError(f"text tables are {video.shape[1]} wide but model.sr.llm_emb_size={sr.adapter.in_features}; "
                           "a wider table needs the llm_emb_mlp of an alignment run (finetune.init_from)")
     return Recommender(sr, video, comment, projection, cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
+
+
+def _write_checkpoint_meta(path: Path, cfg: DictConfig, ds) -> None:
+    """``<run>/checkpoint.json``: the task, model, dataset sizes and resolved model config of this run."""
+    nodes = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(_MODEL_KEYS)), resolve=True)
+    write_json(path / CHECKPOINT_META, {"stage": "finetune", "task": cfg.task.name, "model": cfg.model.sr.name,
+                                         "num_videos": ds.num_videos, "num_comments": ds.num_comments,
+                                         "dataset": str(ds.root), "config": nodes})
+
+
+def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
+    """The best checkpoint of the finetune run ``run`` (``evaluate.checkpoint``), rebuilt with the
+    run's own model, LLM and text-table settings, on ``ds``; every mismatch is one clear error."""
+    run = Path(str(run)).expanduser().resolve()
+    where = f"evaluate.checkpoint={run}"
+    meta_file, weights = run / CHECKPOINT_META, run / "best" / "model.safetensors"
+    missing = [f.relative_to(run).as_posix() for f in (meta_file, weights) if not f.exists()]
+    if missing:
+        raise ConfigError(f"{where}: not a finetune run directory (no {' or '.join(missing)}); "
+                          "give a run directory written by stage=finetune")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("stage") != "finetune":
+        raise ConfigError(f"{where}: {meta_file.name} was written by stage={meta.get('stage')}, not stage=finetune")
+    for key, given in (("task", cfg.task.name), ("model", cfg.model.sr.name)):
+        if meta[key] != given:
+            flag = "task" if key == "task" else "model/sr"
+            raise ConfigError(f"{where}: the checkpoint is {flag}={meta[key]}, not {flag}={given}; "
+                              f"evaluate it with {flag}={meta[key]}")
+    if (meta["num_videos"], meta["num_comments"]) != (ds.num_videos, ds.num_comments):
+        raise ConfigError(f"{where}: trained on {meta['num_videos']} videos and {meta['num_comments']} comments "
+                          f"({meta['dataset']}); data={cfg.data.name} has {ds.num_videos} videos and "
+                          f"{ds.num_comments} comments ({ds.root})")
+    run_cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(run_cfg, False)  # the run's finetune: node has keys this stage's has not
+    model = build_recommender(OmegaConf.merge(run_cfg, meta["config"]), ds)
+    try:
+        model.load_state_dict(load_file(weights))
+    except RuntimeError as e:
+        raise ConfigError(f"{where}: {weights.name} does not fit its own config ({str(e).splitlines()[0]})") from None
+    log.info("evaluating the best checkpoint of %s (epoch %s)", run,
+             json.loads((run / "metrics.json").read_text()).get("best_epoch") if (run / "metrics.json").exists() else "?")
+    return model.eval()
 
 
 def _accelerator(cfg: DictConfig) -> Accelerator:
@@ -191,6 +245,7 @@ def run(cfg: DictConfig) -> float:
     core: Recommender = accelerator.unwrap_model(model)
     evaluator = Evaluator(ds, gatherer, task, eval_config(cfg), accelerator.device)
     logger = start_logger(cfg, path)
+    _write_checkpoint_meta(path, cfg, ds)
     log.info("fine-tuning %s on %s: %d train samples, %d steps/epoch, %d parameters", cfg.model.sr.name, task,
              len(ds.samples(task, "train")), len(batches), sum(p.numel() for p in core.parameters() if p.requires_grad))
     if f.eval_initial and state.epoch == 0:
