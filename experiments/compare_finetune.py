@@ -1,12 +1,14 @@
 """Compare baselines and LSVCR fine-tuning on the embedded world, mean over seeds (full ranking).
 
     python experiments/compare_finetune.py                      # 3 seeds, the default world
+    python experiments/compare_finetune.py --world off          # the same with every mechanism off
     python experiments/compare_finetune.py --seeds 0 1 2 --extra finetune.epochs=30   # extra: fine-tuning runs
 
-Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/); the
-seed changes model initialisation, batch order and negatives, not the world. Prints a Markdown
-table of test-split metrics (mean ± std over seeds) for both protocols and writes it, with every
-run's numbers, to outputs/experiments/compare/results.json.
+Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/<world>/);
+the seed changes model initialisation, batch order and negatives, not the world. Prints one
+Markdown table of test-split metrics (mean ± std over seeds): full and sampled ranking, and full
+ranking on the cold and warm targets; writes it, with every run's numbers, to
+outputs/experiments/compare/<world>/results.json.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ RUNS = [
     ("random", "rec", ["stage=evaluate", "model/sr=random"]),
     ("sasrec", "rec", ["stage=finetune", "model/sr=sasrec"]),
     ("lsvcr (un-aligned)", "rec", ["stage=finetune", "model/sr=lsvcr"]),
+    ("lsvcr, no comment history", "rec", ["stage=finetune", "experiment=lsvcr_no_comments"]),
     ("random", "comm_rank", ["stage=evaluate", "model/sr=random"]),
     ("most_liked", "comm_rank", ["stage=evaluate", "model/sr=most_liked"]),
     ("popularity", "comm_rank", ["stage=evaluate", "model/sr=popularity"]),
@@ -38,9 +41,13 @@ RUNS = [
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
 
-def run_one(args: list[str], out: Path, with_run: bool = False) -> dict:
+WORLDS = {"on": [], "off": ["data.mechanisms=false"]}  # the default world, and every mechanism off
+PROTOCOLS = ("full", "full/cold", "full/warm", "sampled")
+
+
+def run_one(args: list[str], out: Path, with_run: bool = False, data_dir: Path = OUT / "data") -> dict:
     """The test results of one `lsvcr` run; with ``with_run`` also its best epoch and train time."""
-    env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(OUT / "data")}
+    env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(data_dir)}
     (out / "runs").mkdir(parents=True, exist_ok=True)
     run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S_"), dir=out / "runs"))  # safe next to other drivers
     subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled", f"hydra.run.dir={run}"],
@@ -57,7 +64,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every fine-tuning run")
     ap.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="on", help="mechanisms on (default) or off")
     args = ap.parse_args()
+    out = OUT / args.world
     results: dict[str, list] = {}
     for label, task, run_args in RUNS:
         if args.only and label not in args.only:
@@ -65,25 +74,29 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.perf_counter()
             extra = args.extra if "stage=finetune" in run_args else []
-            test = run_one([f"task={task}", f"seed={seed}", *run_args, *extra], OUT / f"seed{seed}")
+            test = run_one([f"task={task}", f"seed={seed}", *run_args, *WORLDS[args.world], *extra],
+                           out / f"seed{seed}", data_dir=OUT / "data")
             results.setdefault(f"{task} | {label}", []).append(test)
             print(f"{task:9s} {label:20s} seed {seed}: full ndcg@10 {test['full']['ndcg@10']:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
     lines = ["| task | model | protocol | " + " | ".join(METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
     for key, runs in results.items():
         task, label = key.split(" | ")
-        for protocol in ("full", "sampled"):
+        for protocol in PROTOCOLS:
+            if not all(protocol in r for r in runs):
+                continue
             cells = []
             for m in METRICS:
                 vals = [r[protocol][m] for r in runs]
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
-            lines.append(f"| {task} | {label} | {protocol} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} | {label} | {protocol} (n={int(runs[0][protocol]['count'])}) | "
+                         + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"seeds": args.seeds, "extra": args.extra, "runs": results,
-                                                  "table": table}, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "extra": args.extra, "world": args.world,
+                                                  "runs": results, "table": table}, indent=2))
 
 
 if __name__ == "__main__":

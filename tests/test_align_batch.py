@@ -22,7 +22,7 @@ TEMPLATES = TEST_TEMPLATES
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    raw, _ = generate(SyntheticConfig(num_users=30, num_videos=40, seed=3))
+    raw, _ = generate(SyntheticConfig(num_users=30, num_videos=40, seed=3, mechanisms=False))
     ds = PreparedDataset(write_dataset(raw, tmp_path_factory.mktemp("align") / "ds", SplitConfig("loo")))
     texts = ds.video_titles().to_pylist() + ds.comment_texts().to_pylist()
     tok = BPETokenizerTrainer(min_frequency=1).train(texts, vocab_size=500, padding_side="left")

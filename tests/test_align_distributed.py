@@ -28,7 +28,8 @@ from lsvcr.pipelines.align import LOSS_KEYS
 pytestmark = pytest.mark.slow
 # two processes fighting over 2 shared cores: one OpenMP thread each avoids spin-wait stalls
 ENV = {"OMP_NUM_THREADS": "1"}
-WORLD = ["data.num_users=140", "data.num_videos=200", "embed.max_length=16"]
+# the plain world (no mechanisms): these tests are about the engines, and it is the world their figures were measured on
+WORLD = ["data.num_users=140", "data.num_videos=200", "data.mechanisms=false", "embed.max_length=16"]
 # the narrower tiny LM of test_align_stage (hidden 128); no LoRA dropout
 LLM = ["model.llm.hidden_size=128", "model.llm.intermediate_size=256", "model.llm.lora.dropout=0.0"]
 DDP = ["hardware=cpu_ddp"]  # torchrun, 2 processes

@@ -149,7 +149,7 @@ def test_distributed_alignment_losses_match_single_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    raw, _ = generate(SyntheticConfig(num_users=30, num_videos=40, seed=3))
+    raw, _ = generate(SyntheticConfig(num_users=30, num_videos=40, seed=3, mechanisms=False))
     root = tmp_path_factory.mktemp("align_model")
     ds = PreparedDataset(write_dataset(raw, root / "ds", SplitConfig("loo")))
     return ds, root / "llm"

@@ -17,7 +17,7 @@ from lsvcr.pipelines.embed import dataset_texts, ensure_tables, tables_dir
 
 pytestmark = pytest.mark.slow
 # a small world and short texts keep the tiny LM's encoding to a second or two
-ARGS = ["stage=embed", "model/llm=tiny", *TINY, "data.num_videos=60", "embed.max_length=16"]
+ARGS = ["stage=embed", "model/llm=tiny", *TINY, "data.num_videos=60", "data.num_topics=8", "embed.max_length=16"]
 # two processes fighting over 2 shared cores: one OpenMP thread each avoids spin-wait stalls
 ENV = {"OMP_NUM_THREADS": "1"}
 

@@ -14,20 +14,28 @@ from lsvcr.models.random import RandomScorer
 
 
 class Oracle:
-    """Scores with the synthetic world's true generative probabilities (indices are raw id - 1)."""
+    """Scores with the synthetic world's true generative probabilities, given the latent state the
+    world generated the target from (the user's latest genuine view and the time, per test sample;
+    one test sample per user under leave-one-out)."""
 
-    def __init__(self, truth, num_videos):
-        self.truth, self.num_videos = truth, num_videos
+    def __init__(self, truth, num_videos, split="test"):
+        self.truth, self.num_videos, self.split = truth, num_videos, split
 
     def fit(self, ds):
+        samples = ds.samples("rec", self.split)
+        users, self.prev, self.times = self.truth.sample_context(ds, samples)
+        self.row = np.full(ds.num_users + 1, -1)
+        self.row[np.asarray(samples.user)] = np.arange(len(samples))
+        self.users = users
         return self
 
     def score_videos(self, h, candidates):
-        last = h.v_video.gather(1, (h.v_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
+        i = self.row[h.user.numpy()]
+        assert (i >= 0).all()
         if candidates is None:
-            candidates = torch.arange(self.num_videos + 1).expand(len(last), -1)
+            candidates = torch.arange(self.num_videos + 1).expand(len(i), -1)
         c = candidates.clamp(min=1).numpy() - 1
-        p = self.truth.next_video_prob(h.user.numpy() - 1, last.clamp(min=1).numpy() - 1, c)
+        p = self.truth.next_video_prob(self.users[i], self.prev[i], c, self.times[i])
         return torch.from_numpy(p).float()
 
     def score_comments(self, h, candidates):
@@ -86,3 +94,43 @@ def test_fused_full_ranking_matches_scoring_every_video(small_world):
         valid = torch.ones_like(scores, dtype=torch.bool)
         valid[:, 0] = False
         assert torch.equal(model.rank_videos(h), ranks_single(scores, h.target, valid))
+
+
+class _ColdFirst:
+    """Ranks the target first when it is cold (at most ``cut`` training interactions) and last
+    when it is warm: cold-slice metrics are 1, warm-slice metrics 0, by construction."""
+
+    def __init__(self, counts: np.ndarray, cut: int):
+        self.cold = torch.from_numpy(counts <= cut)
+
+    def fit(self, ds):
+        return self
+
+    def score_videos(self, h, candidates):
+        if candidates is None:
+            candidates = torch.arange(len(self.cold)).expand(len(h.target), -1)
+        is_target = (candidates == h.target[:, None]).float()
+        sign = torch.where(self.cold[h.target], 1.0, -1.0)[:, None]
+        return sign * is_target
+
+
+@pytest.mark.parametrize("cut", [0, 5])
+def test_cold_and_warm_slices(small_world, cut):
+    ds, _ = small_world
+    counts = np.bincount(np.asarray(ds.samples("rec", "train").target), minlength=ds.num_videos + 1)
+    test = np.asarray(ds.samples("rec", "test").target)
+    n_cold = int((counts[test] <= cut).sum())
+    assert 0 < n_cold < len(test)  # both slices have samples in this world
+    ev = Evaluator(ds, HistoryGatherer(ds, 50, 50), "rec",
+                   EvalConfig(batch_size=64, progress=False, cold_max_train_interactions=cut))
+    res = ev.evaluate(_ColdFirst(counts, cut), "test")
+    assert set(res) == {"sampled", "full", "sampled/cold", "sampled/warm", "full/cold", "full/warm"}
+    for protocol in ("sampled", "full"):
+        cold, warm, every = res[f"{protocol}/cold"], res[f"{protocol}/warm"], res[protocol]
+        assert cold["count"] == n_cold and warm["count"] == len(test) - n_cold
+        assert cold["ndcg@10"] == 1.0 and cold["recall@1"] == 1.0 and cold["mrr@5"] == 1.0
+        assert warm["recall@10"] == 0.0 and warm["ndcg@10"] == 0.0
+        assert every["recall@1"] == pytest.approx(n_cold / len(test))
+    off = Evaluator(ds, HistoryGatherer(ds, 50, 50), "rec",
+                    EvalConfig(progress=False, cold_max_train_interactions=None)).evaluate(_ColdFirst(counts, cut), "test")
+    assert set(off) == {"sampled", "full"} and off["full"] == res["full"]

@@ -26,7 +26,7 @@ def _val_curve(run: Path) -> dict[int, float]:
 
 
 # comment ranking learns from few samples per user: a world where every user opens comments
-COMMENTS = ["data.never_comment_user_frac=0", "+data.reader.comment_open_prob=0.8", "finetune.batch_size=32",
+COMMENTS = ["data.never_comment_user_frac=0", "data.comment_open_prob=0.8", "finetune.batch_size=32",
             "optim.lr=3e-3"]
 
 

@@ -10,6 +10,8 @@ from lsvcr.data.errors import ConfigError
 from lsvcr.data.synthetic import SyntheticConfig, WorldTruth, generate, topic_names
 
 TINY = SyntheticConfig(num_users=300, num_videos=600, num_topics=8, seed=7)
+# the world without mechanisms (the planted base signal alone)
+PLAIN = replace(TINY, mechanisms=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +95,8 @@ def test_videos_without_comments_and_users_who_never_comment(world):
     assert abs(per_video.mean() - TINY.mean_comments_per_video) < 2
     commenters = np.unique(col(tables.comment_interactions, "user_id") - 1)
     assert not np.any(~truth.user_opens_comments[commenters])
-    assert 0.2 < (~truth.user_opens_comments).mean() < 0.4
-    assert 0.4 < len(commenters) / TINY.num_users < 0.8
+    assert abs((~truth.user_opens_comments).mean() - TINY.never_comment_user_frac) < 0.07
+    assert 0.5 < len(commenters) / TINY.num_users < 0.9
 
 
 def test_texts_mix_chinese_english_and_emoji(world):
@@ -110,8 +112,8 @@ def test_texts_mix_chinese_english_and_emoji(world):
     assert np.mean([bool(re.search("哈哈哈|笑死我了|lol|haha|笑哭|捂脸", c)) for c in humorous]) > 0.8
 
 
-def test_titles_and_categories_reveal_topics(world):
-    tables, truth = world
+def test_titles_and_categories_reveal_topics():
+    tables, truth = generate(PLAIN)  # made-up tokens: only token identity tells topics apart
     titles = tables.videos["title"].to_pylist()
     # Videos of one topic share words; videos of different topics rarely do.
     words = [set(t.split()) for t in titles]
@@ -143,8 +145,8 @@ def test_next_video_prob_is_a_distribution():
     np.testing.assert_allclose(p, [[0.7 * 0.25, 0.7 * 0.75, 0.3]])
 
 
-def test_planted_video_signal_beats_popularity(world):
-    tables, truth = world
+def test_planted_video_signal_beats_popularity():
+    tables, truth = generate(PLAIN)
     user, video, _ = video_rows(tables)
     last = np.r_[user[1:] != user[:-1], True]
     target, prev, users = video[last], video[np.flatnonzero(last) - 1], user[last]
@@ -197,3 +199,148 @@ def test_planted_comment_signal_beats_most_liked(world):
 def test_bad_config_names_the_key(change, key):
     with pytest.raises(ConfigError, match=f"data.{key}="):
         generate(replace(TINY, **change))
+
+
+# ---------------------------------------------------------------- the mechanisms
+
+def _fingerprint(tables) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("videos", "comments", "video_interactions", "comment_interactions"):
+        t = tables.table(name)
+        for c in t.column_names:
+            h.update(f"{name}.{c}={t[c].to_pylist()}".encode())
+    return h.hexdigest()
+
+
+def test_mechanisms_off_is_the_world_of_earlier_versions_bit_for_bit():
+    # the fingerprint of lsvcr 0.1's generator (before the mechanisms) for this config
+    plain = SyntheticConfig(num_users=50, num_videos=60, seed=5, mean_video_interactions=20.0, mechanisms=False)
+    tables, truth = generate(plain)
+    assert _fingerprint(tables) == "93552a10ab2766c77608127f6bb79ef26016c2d360636c2851724abbf5c02cb0"
+    assert truth.view_genuine.all() and truth.video_upload is None and truth.user_subtopic_pref is None
+    # and each off value on its own is what mechanisms=false sets
+    assert generate(replace(plain, mechanisms=True, **SyntheticConfig.OFF))[0].video_interactions.equals(
+        tables.video_interactions)
+
+
+def test_view_noise_is_independent_of_preferences_and_comments_follow_genuine_views(world):
+    tables, truth = world
+    user, video, time = video_rows(tables)
+    genuine = truth.view_genuine
+    assert abs((~genuine).mean() - TINY.view_noise) < 0.03
+    liking = truth.user_topic_pref[user, truth.video_topic[video]]
+    chance = (truth.user_topic_pref ** 2).sum(1).mean()  # a view whose topic is drawn from the user's own prefs
+    uniform = 1 / TINY.num_topics
+    # exploration views land on the user's topics about as often as any topic; genuine ones far more
+    assert abs(liking[~genuine].mean() - uniform) < 0.05 and liking[genuine].mean() > 0.7 * chance
+    ci = tables.comment_interactions
+    cu, ct = col(ci, "user_id") - 1, col(ci, "timestamp")
+    big = np.int64(10) ** 12
+    latest = np.searchsorted(user * big + time, cu * big + ct, side="left") - 1
+    assert genuine[latest].all()  # every comment engagement is under a genuine view
+    noisy_off, t_off = generate(replace(TINY, view_noise=0.0))
+    assert t_off.view_genuine.all()
+
+
+def _topic_hits(tables, truth):
+    """How often the next view's topic equals (the latest view's, the latest commented video's)
+    topic, over views with both, as a pair of shares."""
+    user, video, time = video_rows(tables)
+    ci = tables.comment_interactions
+    cu, cc, ct = col(ci, "user_id") - 1, col(ci, "comment_id") - 1, col(ci, "timestamp")
+    big = np.int64(10) ** 12
+    # per view: the latest comment interaction of the same user strictly before it
+    j = np.searchsorted(cu * big + ct, user * big + time, side="left") - 1
+    has = (j >= 0) & (cu[np.maximum(j, 0)] == user) & np.r_[False, user[1:] == user[:-1]]
+    rows = np.flatnonzero(has)
+    topic = truth.video_topic
+    by_view = (topic[video[rows]] == topic[video[rows - 1]]).mean()
+    by_comment = (topic[video[rows]] == topic[truth.comment_video[cc[j[rows]]]]).mean()
+    return by_view, by_comment
+
+
+def test_comments_reveal_interest_beyond_noisy_views(world):
+    by_view, by_comment = _topic_hits(*world)
+    assert by_comment > by_view + 0.05, (by_view, by_comment)
+    # without view noise the latest view is the better cue (the topic chain sticks to it)
+    by_view, by_comment = _topic_hits(*generate(replace(TINY, view_noise=0.0)))
+    assert by_view > by_comment, (by_view, by_comment)
+
+
+def test_users_prefer_sub_interests_and_titles_name_them(world):
+    tables, truth = world
+    user, video, _ = video_rows(tables)
+    g = truth.view_genuine
+    sub_pref = truth.user_subtopic_pref[user[g], truth.video_topic[video[g]]]  # [n, S]
+    watched = sub_pref[np.arange(g.sum()), truth.video_subtopic[video[g]]]
+    assert watched.mean() > 1.5 / TINY.num_subtopics  # the preferred sub-interests get the views
+    assert np.bincount(truth.video_topic * TINY.num_subtopics + truth.video_subtopic).min() >= 1
+
+
+def test_cold_start_videos_arrive_during_the_window():
+    tables, truth = generate(TINY)
+    user, video, time = video_rows(tables)
+    assert np.all(truth.video_upload[video] <= time)  # nobody watches a video before its upload
+    assert abs((truth.video_upload >= TINY.start_time).mean() - TINY.upload_frac) < 0.06
+    # the time split's test period has many targets uploaded after the training period ended
+    train_end, test_start = np.quantile(time, [0.8, 0.9])
+    test_videos = video[time > test_start]
+    assert (truth.video_upload[test_videos] > train_end).mean() > 0.2
+    # young videos are watched more than old ones of the same popularity: the age decay
+    age_days = (time - truth.video_upload[video]) / 86400
+    assert np.median(age_days) < 2 * TINY.freshness_days
+    _, off = generate(replace(TINY, upload_frac=0.0, freshness_days=0.0))
+    assert off.video_upload is None
+
+
+def test_real_words_titles_of_a_topic_may_share_no_token_but_share_concepts(world):
+    from lsvcr.data.world_words import TOPIC_WORDS, check_vocabulary
+
+    check_vocabulary()
+    tables, truth = world
+    concept = {}
+    for entry in TOPIC_WORDS.values():
+        for i, c in enumerate([*entry["general"], *[x for v in entry["sub"].values() for x in v]]):
+            for side in c.split("/"):
+                for word in side.strip().split("|"):
+                    concept[word] = (id(entry), i)
+    titles = [t.split() for t in tables.videos["title"].to_pylist()]
+    words = [set(t) for t in titles]
+    concepts = [{concept[w] for w in t if w in concept} for t in titles]
+    t0 = np.flatnonzero(truth.video_topic == 0)[:30]
+    t1 = np.flatnonzero(truth.video_topic == 1)[:30]
+    pairs = [(a, b) for a in t0 for b in t0 if a < b]
+    no_token = np.mean([not (words[a] & words[b] - set(GENERIC)) for a, b in pairs])
+    same_concept = np.mean([bool(concepts[a] & concepts[b]) for a, b in pairs])
+    cross_concept = np.mean([bool(concepts[a] & concepts[b]) for a in t0 for b in t1])
+    assert no_token > 0.3 and same_concept > no_token - 0.3 and cross_concept == 0.0, (no_token, same_concept)
+    assert np.mean([any(w in concept for w in t) for t in titles]) > 0.95
+    assert any(t[-1].startswith("[") for t in titles)  # stickers stay
+
+
+GENERIC = "今天 分享 日常 第一次 终于 真的 一起 记录 大家 这个 vlog my new today best part with life day video".split()
+
+
+def test_default_world_has_enough_comment_ranking_samples(tmp_path):
+    from lsvcr.data.builder import write_dataset
+    from lsvcr.data.samples import SplitConfig
+    from lsvcr.data.store import PreparedDataset
+
+    raw, _ = generate(SyntheticConfig())
+    ds = PreparedDataset(write_dataset(raw, tmp_path / "ds", SplitConfig("loo")))
+    assert len(ds.samples("comm_rank", "train")) >= 10_000
+
+
+def test_vocabulary_check_names_a_reused_word():
+    import copy
+
+    from lsvcr.data.world_words import TOPIC_WORDS, check_vocabulary
+
+    broken = copy.deepcopy(TOPIC_WORDS)
+    first = broken["美食"]["general"][0].split("/")[1].split("|")[0].strip()
+    zh, en = broken["旅行"]["general"][0].split("/")
+    broken["旅行"]["general"][0] = f"{zh}/ {first}|" + "|".join(en.strip().split("|")[1:])  # same count, one reused
+    with pytest.raises(ValueError, match=f"{first!r} already used"):
+        check_vocabulary(broken)

@@ -55,6 +55,8 @@ class EvalConfig:
     ndcg_ks: tuple[int, ...] = (5, 10)
     mrr_ks: tuple[int, ...] = (5, 10)
     progress: bool = True
+    # cold targets: videos with at most this many training interactions (None = no cold/warm slices)
+    cold_max_train_interactions: int | None = 5
 
 
 def _shard(n: int) -> np.ndarray:
@@ -91,14 +93,34 @@ class Evaluator:
     def _metrics(self) -> RankingMetrics:
         return RankingMetrics(ks=self.cfg.recall_ks, ndcg_ks=self.cfg.ndcg_ks, mrr_ks=self.cfg.mrr_ks)
 
+    def train_interactions(self) -> np.ndarray:
+        """``[V+1]`` training interactions of each video: the rec training samples it is the target
+        of (a training-split view with a non-empty history; what the popularity baseline counts)."""
+        if not hasattr(self, "_train_counts"):
+            target = np.asarray(self.ds.samples("rec", "train").target)
+            self._train_counts = np.bincount(target, minlength=self.ds.num_videos + 1)
+        return self._train_counts
+
+    def _slices(self, samples: SampleSet, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Row masks of the slices ``cold`` (target video with at most
+        ``cold_max_train_interactions`` training interactions) and ``warm`` (the rest)."""
+        if self.cfg.cold_max_train_interactions is None:
+            return {}
+        cold = self.train_interactions()[np.asarray(samples.target[idx])] <= self.cfg.cold_max_train_interactions
+        cold = torch.from_numpy(cold).to(self.device)
+        return {"cold": cold, "warm": ~cold}
+
     @torch.inference_mode()
     def evaluate(self, scorer: Scorer, split: str) -> dict[str, dict[str, float]]:
-        """``{protocol: {metric: value, "count": n}}`` over the whole split (all ranks)."""
+        """``{protocol: {metric: value, "count": n}}`` over the whole split (all ranks), plus the
+        same on the cold and warm targets as ``"<protocol>/cold"`` and ``"<protocol>/warm"`` (a
+        slice without samples on any rank is left out)."""
         samples = self.ds.samples(self.task, split)
         rows = _shard(len(samples))
         out = {}
+        slice_names = [] if self.cfg.cold_max_train_interactions is None else ["cold", "warm"]
         for protocol in self.cfg.protocols:
-            metrics = self._metrics()
+            metrics = {name: self._metrics() for name in ["", *slice_names]}
             batches = range(0, len(rows), self.cfg.batch_size)
             for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress or not is_rank_zero(),
                            leave=False):
@@ -107,13 +129,19 @@ class Evaluator:
                 cands, labels = self._candidates(split, protocol, samples, idx)
                 if self.task == "rec":
                     ranks = self._rec_ranks(scorer, history, cands)
-                    metrics.update(ranks[:, None], torch.ones_like(ranks))
+                    ranks, num_pos = ranks[:, None], torch.ones_like(ranks)
                 else:
                     c = torch.from_numpy(cands).to(self.device)
                     lab = torch.from_numpy(labels).to(self.device)
                     scores = scorer.score_comments(history, c).float()
-                    metrics.update(ranks_multi(scores, lab, c > 0), lab.sum(1))
-            out[protocol] = metrics.synced().compute()
+                    ranks, num_pos = ranks_multi(scores, lab, c > 0), lab.sum(1)
+                metrics[""].update(ranks, num_pos)
+                for name, mask in self._slices(samples, idx).items():
+                    metrics[name].update(ranks[mask], num_pos[mask])
+            for name, m in metrics.items():
+                computed = m.synced().compute()  # every rank syncs every slice, so all agree on keys
+                if not name or computed["count"] > 0:
+                    out[protocol + (f"/{name}" if name else "")] = computed
         return out
 
     def _rec_ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None) -> torch.Tensor:

@@ -86,7 +86,8 @@ def eval_config(cfg: DictConfig) -> EvalConfig:
     e = cfg.eval
     return EvalConfig(protocols=tuple(e.protocols), rec_sampled_negatives=e.rec_sampled_negatives,
                       comm_max_candidates=e.comm_max_candidates, seed=e.seed, batch_size=e.batch_size,
-                      recall_ks=tuple(e.recall_ks), ndcg_ks=tuple(e.ndcg_ks), mrr_ks=tuple(e.mrr_ks))
+                      recall_ks=tuple(e.recall_ks), ndcg_ks=tuple(e.ndcg_ks), mrr_ks=tuple(e.mrr_ks),
+                      cold_max_train_interactions=e.get("cold_max_train_interactions", 5))
 
 
 def run_dir(cfg: DictConfig) -> Path:

@@ -187,7 +187,7 @@ def _resume(path: Path, model: Recommender, opt, sched) -> _State:
 
 
 def _monitor(cfg: DictConfig, val: dict) -> float:
-    protocol, _, metric = cfg.finetune.monitor.partition("/")
+    protocol, _, metric = cfg.finetune.monitor.rpartition("/")
     if protocol not in val or metric not in val[protocol]:
         raise ConfigError(f"finetune.monitor={cfg.finetune.monitor}: expected <protocol>/<metric> with protocol "
                           f"in {list(val)} and metric in {list(next(iter(val.values())))}")

@@ -121,7 +121,8 @@ def summarise(cfg: DictConfig, path: Path, dataset: Path, seconds: dict, total: 
         result = json.loads((step_dir(path, i) / "metrics.json").read_text())
         models[step.row][step.task] = {
             "model": result["model"], "run": step_dir(path, i).name,
-            **{protocol: {m: values.get(m) for m in metrics} for protocol, values in result["results"][split].items()},
+            **{protocol: {m: values.get(m) for m in [*metrics, "count"]}
+               for protocol, values in result["results"][split].items()},
         }
     summary = {"split": split, "metrics": metrics, "models": models, "seconds": seconds,
                "total_seconds": round(total, 1), "llm": cfg.model.llm.name, "dataset": str(dataset)}
@@ -134,20 +135,31 @@ def summarise(cfg: DictConfig, path: Path, dataset: Path, seconds: dict, total: 
 
 
 def markdown(summary: dict) -> str:
-    """One table per task: a row per model, a column per protocol and metric."""
-    protocols = ("sampled", "full")
-    cols = [f"{p} {m}" for p in protocols for m in summary["metrics"]]
+    """One table per task: a row per model, a column per protocol and metric; then the first
+    metric on the cold and warm targets (``eval.cold_max_train_interactions``) with their counts."""
+    protocols, metrics = ("sampled", "full"), summary["metrics"]
+    slices = [f"{p}/{s}" for p in protocols for s in ("cold", "warm")]
+    tables = [("", [(p, m) for p in protocols for m in metrics]),
+              (f"{metrics[0]} on cold / warm targets", [(s, metrics[0]) for s in slices] + [(s, "count") for s in
+                                                                                              slices[2:]])]
     out = [f"# LSVCR pipeline: {summary['split']} split, LLM {summary['llm']}", ""]
     for task in TASKS:
-        out += [f"## task={task}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for key, row in summary["models"].items():
-            r = row[task]
-            cells = [_cell(None if r is None else r.get(p, {}).get(m)) for p in protocols for m in summary["metrics"]]
-            name = r["model"] if key == "baseline" and r is not None else row["label"]  # popularity or most_liked
-            out.append(f"| {name} | " + " | ".join(cells) + " |")
-        out.append("")
+        for title, cols in tables:
+            rows = [(key, row[task]) for key, row in summary["models"].items()]
+            if title and not any(r and any(s in r for s, _ in cols) for _, r in rows):
+                continue  # no slices were evaluated
+            head = [f"{p} {m}" for p, m in cols]
+            out += [f"## task={task}" + (f": {title}" if title else ""), "",
+                    "| model | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
+            for key, r in rows:
+                cells = [_cell(None if r is None else r.get(p, {}).get(m), m) for p, m in cols]
+                name = r["model"] if key == "baseline" and r is not None else summary["models"][key]["label"]
+                out.append(f"| {name} | " + " | ".join(cells) + " |")
+            out.append("")
     return "\n".join(out)
 
 
-def _cell(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _cell(value, metric: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{int(value)}" if metric == "count" else f"{value:.4f}"
