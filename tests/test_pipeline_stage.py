@@ -54,6 +54,10 @@ def test_pipeline_end_to_end(tmp_path):
     assert set(summary["seconds"]) == {s.name for s in STEPS}
     md = (run / "summary.md").read_text()
     assert "## task=rec" in md and "## task=comm_rank" in md and "LSVCR (aligned)" in md
+    # the cold / warm slices, with their counts adding up to the whole split
+    assert "## task=rec: ndcg@10 on cold / warm targets" in md
+    rec = models["lsvcr"]["rec"]
+    assert rec["full/cold"]["count"] + rec["full/warm"]["count"] == rec["full"]["count"]
     for i in range(len(STEPS)):
         assert (step_dir(run, i) / "config.yaml").exists()
     # the aligned runs read the aligned tables, which differ from the un-aligned ones
