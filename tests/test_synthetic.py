@@ -344,3 +344,18 @@ def test_vocabulary_check_names_a_reused_word():
     broken["旅行"]["general"][0] = f"{zh}/ {first}|" + "|".join(en.strip().split("|")[1:])  # same count, one reused
     with pytest.raises(ValueError, match=f"{first!r} already used"):
         check_vocabulary(broken)
+
+
+def test_next_video_prob_with_the_mechanisms_is_a_distribution_over_available_videos(world):
+    tables, truth = world
+    user, video, time = video_rows(tables)
+    rows = np.flatnonzero(np.r_[False, user[1:] == user[:-1]])[:200]
+    every = np.broadcast_to(np.arange(TINY.num_videos), (len(rows), TINY.num_videos))
+    p = truth.next_video_prob(user[rows], video[rows - 1], every, time[rows])
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-9)
+    assert np.all(p[truth.video_upload[every] > time[rows][:, None]] == 0)  # not uploaded yet
+    # the draws follow it: the watched video is far likelier under it than a random available one
+    watched = p[np.arange(len(rows)), video[rows]]
+    assert np.median(watched) > 3 / TINY.num_videos
+    with pytest.raises(ValueError, match="pass the view times"):
+        truth.next_video_prob(user[rows], video[rows - 1], every)
