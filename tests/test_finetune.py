@@ -73,9 +73,11 @@ def _checkpoint_errors(tmp_path: Path, run: Path, not_finetune: Path, extra: lis
              (["task=rec", "model/sr=lsvcr", f"evaluate.checkpoint={run}", "data.num_videos=150"],
               "trained on 200 videos"),
              (["task=rec", "model/sr=lsvcr"], "evaluate.checkpoint=<finetune run dir>")]
-    for args, message in cases:
+    for i, (args, message) in enumerate(cases):
         r = run_cli(["stage=evaluate", *_eval_args(extra), *args], tmp_path / "errors", env=ENV)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        if i < 3:  # a wrong checkpoint fails before any data is prepared
+            assert not (tmp_path / "errors" / "data").exists()
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):

@@ -16,13 +16,14 @@ from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
-from lsvcr.pipelines.finetune import is_trainable, load_finetuned
+from lsvcr.pipelines.finetune import checkpoint_meta, is_trainable, load_finetuned
 
 log = logging.getLogger("lsvcr")
 
 
 def run(cfg: DictConfig) -> float:
     path = run_dir(cfg)
+    _check(cfg)  # a wrong checkpoint or model fails before any data is prepared
     ds = load_dataset(cfg)
     scorer = _scorer(cfg, ds)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
@@ -46,15 +47,18 @@ def _checkpoint(cfg: DictConfig) -> str | None:
     return OmegaConf.select(cfg, "evaluate.checkpoint", default=None)
 
 
+def _check(cfg: DictConfig) -> None:
+    if _checkpoint(cfg):
+        checkpoint_meta(cfg, _checkpoint(cfg))
+    elif is_trainable(cfg.model.sr):
+        raise ConfigError(f"model/sr={cfg.model.sr.name} is trained by stage=finetune: evaluate its run with "
+                          f"evaluate.checkpoint=<finetune run dir>")
+
+
 def _scorer(cfg: DictConfig, ds):
     """The fine-tuned model of ``evaluate.checkpoint``, or the baseline of ``model/sr`` fitted on train."""
     checkpoint = _checkpoint(cfg)
-    if checkpoint:
-        return load_finetuned(cfg, ds, checkpoint)
-    if is_trainable(cfg.model.sr):
-        raise ConfigError(f"model/sr={cfg.model.sr.name} is trained by stage=finetune: evaluate its run with "
-                          f"evaluate.checkpoint=<finetune run dir>")
-    return build(cfg.model.sr).fit(ds)
+    return load_finetuned(cfg, ds, checkpoint) if checkpoint else build(cfg.model.sr).fit(ds)
 
 
 def _selection_metric(results: dict) -> float:

@@ -91,9 +91,9 @@ def _write_checkpoint_meta(path: Path, cfg: DictConfig, ds) -> None:
                                          "dataset": str(ds.root), "config": nodes})
 
 
-def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
-    """The best checkpoint of the finetune run ``run`` (``evaluate.checkpoint``), rebuilt with the
-    run's own model, LLM and text-table settings, on ``ds``; every mismatch is one clear error."""
+def checkpoint_meta(cfg: DictConfig, run) -> tuple[Path, dict]:
+    """``(run dir, its checkpoint.json)`` for ``evaluate.checkpoint=run``, checked against the
+    config's task and model/sr (before any data is loaded)."""
     run = Path(str(run)).expanduser().resolve()
     where = f"evaluate.checkpoint={run}"
     meta_file, weights = run / CHECKPOINT_META, run / "best" / "model.safetensors"
@@ -104,11 +104,18 @@ def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
     meta = json.loads(meta_file.read_text())
     if meta.get("stage") != "finetune":
         raise ConfigError(f"{where}: {meta_file.name} was written by stage={meta.get('stage')}, not stage=finetune")
-    for key, given in (("task", cfg.task.name), ("model", cfg.model.sr.name)):
+    for key, flag, given in (("task", "task", cfg.task.name), ("model", "model/sr", cfg.model.sr.name)):
         if meta[key] != given:
-            flag = "task" if key == "task" else "model/sr"
             raise ConfigError(f"{where}: the checkpoint is {flag}={meta[key]}, not {flag}={given}; "
                               f"evaluate it with {flag}={meta[key]}")
+    return run, meta
+
+
+def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
+    """The best checkpoint of the finetune run ``run`` (``evaluate.checkpoint``), rebuilt with the
+    run's own model, LLM and text-table settings, on ``ds``; every mismatch is one clear error."""
+    run, meta = checkpoint_meta(cfg, run)
+    where, weights = f"evaluate.checkpoint={run}", run / "best" / "model.safetensors"
     if (meta["num_videos"], meta["num_comments"]) != (ds.num_videos, ds.num_comments):
         raise ConfigError(f"{where}: trained on {meta['num_videos']} videos and {meta['num_comments']} comments "
                           f"({meta['dataset']}); data={cfg.data.name} has {ds.num_videos} videos and "
