@@ -21,21 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lsvcr.data.errors import ConfigError
-from lsvcr.data.world_words import TOPIC_WORDS
+from lsvcr.data.world_words import GENERIC_WORDS, STYLES, TITLE_STICKERS, TOPIC_ORDER, TOPIC_WORDS
 
-TOPIC_NAMES = tuple(TOPIC_WORDS)  # 美食 旅行 宠物 ... (the categories of the built-in topics)
-#: (style name, its words separated by "|"); every style has the same number of words
-STYLES = (
-    ("humorous", "哈哈哈|笑死我了|太逗了|绝了|lol|haha|so funny|hilarious|[笑哭]|[捂脸]|[偷笑]|[呲牙]"),
-    ("question", "请问|为什么|怎么做的|在哪里买|求教程|how|why|where is this|any tips|[疑问]|[惊讶]|[发呆]"),
-    ("praise", "太棒了|厉害|好喜欢|支持|amazing|love it|great job|so good|[赞]|[鼓掌]|[比心]|[点赞]"),
-    ("critique", "一般般|不太行|差评|没意思|boring|meh|overrated|not great|[白眼]|[撇嘴]|[打脸]|[吃瓜]"),
-    ("emoji", "哇|wow|[玫瑰]|[爱心]|[送花]|[666]|[抱抱]|[火]|[干杯]|[加油]|[OK]|[调皮]"),
-    ("sharing", "我也是|同款|想起了我|me too|same here|been there|my story|[大哭]|[可怜]|[机智]|[握手]|[奸笑]"),
-)
-GENERIC_WORDS = "今天|分享|日常|第一次|终于|真的|一起|记录|大家|这个|vlog|my|new|today|best|part|with|life|day|video"
-#: stickers a real-word title may end with (a sticker is a token no text encoder has seen)
-TITLE_STICKERS = "[火]|[666]|[比心]|[赞]|[爱心]|[哇]|[酷]|[呆萌]|[星星眼]|[庆祝]"
+TOPIC_NAMES = TOPIC_ORDER  # 美食 旅行 宠物 ... (the categories of the built-in topics)
 _ZH_CHARS = "山水花月星云风雨光影甜酸香脆暖冷红蓝金银龙虎猫狗鱼鸟茶酒米面歌舞书画车船城村海湖林田石玉火冰春秋晨夜"
 _EN_SYLLABLES = "ka lo mi tu ra ne so vi da pe zo li ba ku fe ni go ta me ro sa du ki bo ve ly xo cha pri stel".split()
 _ZH_PER_TOPIC, _EN_PER_TOPIC, _EMOJI_PER_TOPIC = 8, 8, 2

@@ -41,18 +41,25 @@ TOPIC_ORDER: tuple[str, ...] = (
     "汽车", "教育", "体育", "动漫", "影视", "育儿", "家居", "摄影", "美妆", "三农",
 )
 
-RESERVED_WORDS: frozenset[str] = frozenset({
-    "今天", "分享", "日常", "第一次", "终于", "真的", "一起", "记录", "大家", "这个",
-    "vlog", "my", "new", "today", "best", "part", "with", "life", "day", "video",
-    "哈哈哈", "笑死我了", "太逗了", "绝了", "lol", "haha", "funny", "hilarious",
-    "请问", "为什么", "怎么做的", "在哪里买", "求教程",
-    "how", "why", "where", "any", "tips",
-    "太棒了", "厉害", "好喜欢", "支持", "amazing", "love", "great", "job", "good",
-    "一般般", "不太行", "差评", "没意思", "boring", "meh", "overrated", "not",
-    "哇", "wow", "我也是", "同款", "想起了我",
-    "me too", "same here", "been there", "me", "too", "same", "here", "been",
-    "there", "story",
-})
+#: (style name, its words separated by "|"); every style has the same number of words
+STYLES = (
+    ("humorous", "哈哈哈|笑死我了|太逗了|绝了|lol|haha|so funny|hilarious|[笑哭]|[捂脸]|[偷笑]|[呲牙]"),
+    ("question", "请问|为什么|怎么做的|在哪里买|求教程|how|why|where is this|any tips|[疑问]|[惊讶]|[发呆]"),
+    ("praise", "太棒了|厉害|好喜欢|支持|amazing|love it|great job|so good|[赞]|[鼓掌]|[比心]|[点赞]"),
+    ("critique", "一般般|不太行|差评|没意思|boring|meh|overrated|not great|[白眼]|[撇嘴]|[打脸]|[吃瓜]"),
+    ("emoji", "哇|wow|[玫瑰]|[爱心]|[送花]|[666]|[抱抱]|[火]|[干杯]|[加油]|[OK]|[调皮]"),
+    ("sharing", "我也是|同款|想起了我|me too|same here|been there|my story|[大哭]|[可怜]|[机智]|[握手]|[奸笑]"),
+)
+#: words any title may use, whatever its topic
+GENERIC_WORDS = "今天|分享|日常|第一次|终于|真的|一起|记录|大家|这个|vlog|my|new|today|best|part|with|life|day|video"
+#: stickers a real-word title may end with (a sticker is a token no text encoder has seen)
+TITLE_STICKERS = "[火]|[666]|[比心]|[赞]|[爱心]|[哇]|[酷]|[呆萌]|[星星眼]|[庆祝]"
+
+#: generic and comment-style words (and each word of a style phrase): no topic concept may use one
+RESERVED_WORDS: frozenset[str] = frozenset(
+    part for phrase in [*GENERIC_WORDS.split("|"), *(w for _, words in STYLES for w in words.split("|"))]
+    for part in [phrase, *phrase.split()]
+)
 
 # topic name (Chinese category name) -> {"general": [concept, ...], "sub": {subtopic name: [concept, ...]}}
 # a concept is "zh1|zh2|zh3 / en1|en2|en3": synonyms (same meaning) in Chinese, then in English
