@@ -140,6 +140,7 @@ def write_dataset(
     split: SplitConfig,
     manifest_extra: dict | None = None,
     overwrite: bool = False,
+    history_ties: str = "exclude",
 ) -> Path:
     """Index ``raw`` (already validated), build samples, and write everything under ``out_dir``.
 
@@ -152,7 +153,7 @@ def write_dataset(
     t0 = time.perf_counter()
     world = index_world(raw)
     t_index = time.perf_counter() - t0
-    samples, sample_stats = build_samples(world.arrays, world.num_users, split)
+    samples, sample_stats = build_samples(world.arrays, world.num_users, split, history_ties)
     t_samples = time.perf_counter() - t0 - t_index
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -175,6 +176,7 @@ def write_dataset(
         "counts": counts,
         "categories": world.categories,
         "split": split.as_dict(),
+        "history_ties": history_ties,
         "sample_stats": sample_stats,
         "seconds": {"index": round(t_index, 3), "samples": round(t_samples, 3)},
         **(manifest_extra or {}),

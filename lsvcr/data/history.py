@@ -72,7 +72,9 @@ class HistoryGatherer:
         ds = self.ds
         start = ds.ci_ptr[user]
         length = end - start
-        ngroups = np.where(length > 0, ds.ci_ngroups[np.maximum(end - 1, 0)], 0).astype(np.int64)
+        ngroups = np.zeros(len(user), np.int64)
+        if len(ds.ci_ngroups):  # a dataset without comment interactions has none
+            ngroups = np.where(length > 0, ds.ci_ngroups[np.maximum(end - 1, 0)], 0).astype(np.int64)
         kept = np.minimum(ngroups, self.max_comment_len)
         first_kept = ngroups - kept
         width = self.max_comment_len if self.pad_to_max else max(int(kept.max(initial=0)), 1)

@@ -70,11 +70,20 @@ def _rank_within(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n) - first, np.repeat(sizes, sizes)
 
 
-def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig):
+HISTORY_TIES = ("exclude", "sorted_order")
+
+
+def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig, history_ties: str = "exclude"):
     """Build the ``rec`` and ``comm_rank`` samples of every split from the indexed arrays.
+
+    ``history_ties``: ``"exclude"`` keeps a rec target's same-time video interactions out of its
+    history (strictly earlier only); ``"sorted_order"`` puts every interaction sorted before it in
+    (ties in file order: RecBole's sequences). Comment histories are strictly earlier either way.
 
     Returns ``({(task, split): SampleSet}, stats)``.
     """
+    if history_ties not in HISTORY_TIES:
+        raise ConfigError(f"data.history_ties={history_ties!r}: expected one of {', '.join(HISTORY_TIES)}")
     vi_user, ci_user = _owner(a["vi_ptr"]), _owner(a["ci_ptr"])
     # dense time ranks make (user, time) one sortable int64 key without overflow
     times = np.unique(np.concatenate([a["vi_time"], a["ci_time"]]))
@@ -92,7 +101,8 @@ def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig):
     # rec: every video interaction is a target
     rec = dict(
         user=vi_user.astype(np.int32), target=a["vi_video"].astype(np.int32), time=a["vi_time"],
-        vi_end=np.searchsorted(vi_key, vi_key, "left"), ci_end=np.searchsorted(ci_key, vi_key, "left"),
+        vi_end=np.searchsorted(vi_key, vi_key, "left") if history_ties == "exclude" else np.arange(len(vi_key)),
+        ci_end=np.searchsorted(ci_key, vi_key, "left"),
     )
     pos, count = _rank_within(vi_user)
     part = _assign_split(pos, count, a["vi_time"], split, thresholds)

@@ -74,7 +74,7 @@ from lsvcr.pipelines.align_engine import (
     Engine,
     build_engine,
 )
-from lsvcr.pipelines.common import load_dataset, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.embed import dataset_texts, llm_workdir
 from lsvcr.pipelines.handover import CKPT_DIR
 from lsvcr.utils.loggers import is_rank_zero
@@ -335,6 +335,7 @@ def run(cfg: DictConfig) -> float:
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     path = run_dir(cfg)
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
+    require_comments(cfg, ds)
     bundle = build_llm(cfg, ds)
     items = AlignSamples(ds, tasks).items
     plan = _plan(cfg, len(items), distributed.rank_and_world()[1])

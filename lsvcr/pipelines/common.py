@@ -52,7 +52,7 @@ def prepare(cfg: DictConfig, overwrite: bool = True) -> Path:
     raw, skipped = validate(raw, timestamps=cfg.data.timestamps)
     t_valid = time.perf_counter() - t0 - t_read
     split = SplitConfig(**OmegaConf.to_container(cfg.data.split, resolve=True))
-    write_dataset(raw, out, split, overwrite=overwrite, manifest_extra={
+    write_dataset(raw, out, split, overwrite=overwrite, history_ties=cfg.data.get("history_ties", "exclude"), manifest_extra={
         "source": {"name": cfg.data.name, **raw.source},
         "fingerprint": data_fingerprint(cfg.data),
         "data_config": OmegaConf.to_container(cfg.data, resolve=True),
@@ -73,6 +73,20 @@ def load_dataset(cfg: DictConfig) -> PreparedDataset:
             log.info("no prepared dataset at %s: preparing it", path)
             prepare(cfg, overwrite=True)
     return PreparedDataset(path)
+
+
+def require_comments(cfg: DictConfig, ds: PreparedDataset) -> None:
+    """One clear error when the run needs comment behaviour that ``ds`` does not have: a
+    comment-ranking task, or an SR reading the comment history (``model.sr.use_comment_history``)."""
+    n_ci = int(ds.manifest["counts"]["comment_interactions"])
+    if n_ci:
+        return
+    what = f"data={cfg.data.name} has no comment interactions ({ds.num_comments} comments, 0 comment interactions in {ds.root})"
+    if cfg.task.name in ("comm_rank", "joint"):
+        raise ConfigError(f"task={cfg.task.name} ranks comments, but {what}; use task=rec")
+    if cfg.model.sr.get("use_comment_history"):
+        raise ConfigError(f"model.sr.use_comment_history=true reads the comment history, but {what}; "
+                          "set model.sr.use_comment_history=false (the video stream alone)")
 
 
 def build(node: DictConfig, **kwargs):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.metrics.evaluator import Evaluator, format_table
-from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.finetune import checkpoint_meta, is_trainable, load_finetuned
 
 log = logging.getLogger("lsvcr")
@@ -25,6 +25,8 @@ def run(cfg: DictConfig) -> float:
     path = run_dir(cfg)
     _check(cfg)  # a wrong checkpoint or model fails before any data is prepared
     ds = load_dataset(cfg)
+    if cfg.task.name == "comm_rank":
+        require_comments(cfg, ds)
     scorer = _scorer(cfg, ds)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     evaluator = Evaluator(ds, gatherer, cfg.task.name, eval_config(cfg))

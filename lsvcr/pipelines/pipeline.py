@@ -80,11 +80,20 @@ def _base(cfg: DictConfig) -> DictConfig:
     return base
 
 
-def derive(base: DictConfig, path: Path, index: int) -> DictConfig:
-    """The config step ``index`` runs with (a copy; ``base`` is left as it is)."""
+def plan_steps(has_comments: bool) -> dict[int, str]:
+    """Step index -> the task it runs on. A dataset without comment interactions (RecBole,
+    MovieLens) runs the video side only: no comm_rank steps, alignment on task=rec."""
+    if has_comments:
+        return {i: s.task for i, s in enumerate(STEPS)}
+    return {i: "rec" if s.stage == "align" else s.task for i, s in enumerate(STEPS) if s.task != "comm_rank"}
+
+
+def derive(base: DictConfig, path: Path, index: int, task: str | None = None) -> DictConfig:
+    """The config step ``index`` runs with (a copy; ``base`` is left as it is), on ``task``
+    (default: the step's own)."""
     step, sub = STEPS[index], copy.deepcopy(base)
     sub.stage = {"name": step.stage, "_target_": STAGES[step.stage]}
-    sub.task = base.pipeline.tasks[step.task]
+    sub.task = base.pipeline.tasks[task or step.task]
     sub.model.sr = base.pipeline.models[step.model]
     sub.paths.run_dir = str(step_dir(path, index))
     sub.finetune.init_from = str(step_dir(path, ALIGN_STEP)) if step.aligned else None
@@ -95,12 +104,16 @@ def run(cfg: DictConfig) -> dict:
     path = run_dir(cfg)
     t0 = time.perf_counter()
     ds = load_dataset(cfg)  # the recipe's "prepare" step: reused when this data config was prepared before
-    log.info("pipeline on %s: %d steps, outputs in %s", ds.root, len(STEPS), path)
+    steps = plan_steps(ds.manifest["counts"]["comment_interactions"] > 0)
+    if len(steps) < len(STEPS):
+        log.info("%s has no comment interactions: the comm_rank steps are skipped and alignment runs on task=rec",
+                 ds.root)
+    log.info("pipeline on %s: %d steps, outputs in %s", ds.root, len(steps), path)
     base, seconds = _base(cfg), {}
-    for i, step in enumerate(STEPS):
-        sub = derive(base, path, i)
+    for i, task in steps.items():
+        step, sub = STEPS[i], derive(base, path, i, task)
         log.info("==== pipeline step %d/%d: %s (stage=%s task=%s model/sr=%s%s)", i + 1, len(STEPS), step.name,
-                 step.stage, step.task, sub.model.sr.name, ", aligned" if step.aligned else "")
+                 step.stage, task, sub.model.sr.name, ", aligned" if step.aligned else "")
         if is_rank_zero():
             step_dir(path, i).mkdir(parents=True, exist_ok=True)
             OmegaConf.save(sub, step_dir(path, i) / "config.yaml", resolve=True)
@@ -116,7 +129,7 @@ def summarise(cfg: DictConfig, path: Path, dataset: Path, seconds: dict, total: 
     split, metrics = cfg.pipeline.split, list(cfg.pipeline.metrics)
     models: dict = {row: {"label": ROWS[row], **{t: None for t in TASKS}} for row in ROWS}
     for i, step in enumerate(STEPS):
-        if step.row is None:
+        if step.row is None or step.name not in seconds:  # not a model row, or skipped (no comments)
             continue
         result = json.loads((step_dir(path, i) / "metrics.json").read_text())
         models[step.row][step.task] = {
