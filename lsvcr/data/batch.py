@@ -87,3 +87,21 @@ class CommRankBatch:
 
     def to(self, device) -> "CommRankBatch":
         return CommRankBatch(self.history.to(device), self.candidates.to(device), self.labels.to(device))
+
+
+@dataclass
+class SequenceBatch:
+    """Windows of users' video sequences where every position is a target (the standard SASRec
+    training: one causal pass trains up to ``L`` next-video predictions per window).
+
+    Attributes:
+        ids: ``[B, L]`` input videos, oldest first, right-padded with 0.
+        labels: ``[B, L]`` the next video at each position, 0 where there is no loss (padding, or a
+            position another window trains).
+    """
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(self.ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lsvcr.data.batch import CommRankBatch, RecBatch
+from lsvcr.data.batch import CommRankBatch, RecBatch, SequenceBatch
+from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer, _ragged_index
 from lsvcr.data.store import PreparedDataset, SampleSet
 from lsvcr.metrics.candidates import sample_video_candidates
@@ -116,3 +117,89 @@ class TrainBatches:
         labels = np.zeros(cands.shape, bool)
         labels[:, 0] = True
         return CommRankBatch(history, torch.from_numpy(cands), torch.from_numpy(labels))
+
+
+class SequenceBatches:
+    """Training batches of whole-sequence windows (``finetune.train_on=sequences``): every video
+    target of the ``rec`` training samples is a label exactly once, predicted in one causal pass
+    over a window of the user's sequence (SASRec's own training; RecBole instead makes one sample
+    per prefix, which is what ``TrainBatches`` does).
+
+    A user's *timeline* is the video history before their first training target (its last
+    ``max_len`` videos) followed by their training targets in order. Windows of up to ``max_len``
+    inputs end at the timeline's end, then every ``stride`` positions earlier; a window trains the
+    last ``stride`` of its labels (all of them for the earliest one), so with ``stride < max_len``
+    each label sees at least ``max_len - stride`` videos of context. A target with no earlier video
+    at all (only a comment history) cannot be predicted from videos and is left out (counted in
+    :attr:`dropped`).
+
+    Args:
+        samples: the ``rec`` training samples (grouped by user, in time order, as prepared).
+        max_len: window length (``data.max_phis_len``).
+        stride: positions between window ends, ``1..max_len`` (None = ``max_len``: no overlap).
+        batch_size: windows per batch; ``rank``/``world``: as :class:`TrainBatches`.
+    """
+
+    def __init__(self, ds: PreparedDataset, samples: SampleSet, max_len: int, stride: int | None,
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        stride = max_len if stride is None else int(stride)
+        if not 1 <= stride <= max_len:
+            raise ConfigError(f"finetune.sequence_stride={stride}: expected 1..{max_len} (data.max_phis_len)")
+        self.max_len, self.stride = max_len, stride
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.epoch = 0
+        user = np.asarray(samples.user, np.int64)
+        if len(user) and np.any(np.diff(user) < 0):
+            raise ValueError("samples must be grouped by user in time order (as stage=prepare writes them)")
+        starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, np.int64)
+        sizes = np.diff(np.r_[starts, len(user)])
+        pre_end = np.asarray(samples.vi_end, np.int64)[starts]
+        pre_len = np.minimum(pre_end - np.asarray(ds.vi_ptr)[user[starts]], max_len)
+        m = pre_len + sizes  # timeline length per user
+        offset = np.cumsum(m) - m
+        timeline = np.zeros(int(m.sum()), np.int64)
+        src, _ = _ragged_index(pre_end - pre_len, pre_len)
+        timeline[_ragged_index(offset, pre_len)[0]] = np.asarray(ds.vi_video)[src]
+        timeline[_ragged_index(offset + pre_len, sizes)[0]] = np.asarray(samples.target, np.int64)
+        self.timeline = timeline
+        lo = np.maximum(pre_len, 1)  # first label with an input before it
+        self.dropped = int((pre_len == 0).sum())
+        count = np.where(m > lo, -(-(m - lo) // stride), 0)
+        g = np.repeat(np.arange(len(m)), count)
+        k = np.arange(len(g)) - np.repeat(np.cumsum(count) - count, count)
+        end = m[g] - k * stride  # exclusive label end, local to the timeline
+        start = np.maximum(end - max_len, 1)  # first label
+        self.w_start = offset[g] + start - 1  # global index of the first input
+        self.w_len = end - start
+        self.w_loss = np.maximum(end - stride, lo[g]) - start  # first trained label, local to the window
+        self.num_targets = int((self.w_len - self.w_loss).sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-(len(self.w_start) // self.world) // self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """This rank's windows of the epoch, in order (a shard of a ``(seed, epoch)`` permutation)."""
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.w_start))
+        per_rank = len(perm) // self.world
+        return perm[self.rank::self.world][:per_rank]
+
+    def __iter__(self):
+        order = self.order()
+        for lo in range(0, len(order), self.batch_size):
+            yield self.batch(order[lo: lo + self.batch_size])
+
+    def batch(self, rows: np.ndarray) -> SequenceBatch:
+        """The windows ``rows`` as a :class:`SequenceBatch`."""
+        length = self.w_len[rows]
+        width = max(int(length.max(initial=0)), 1)
+        flat, r = _ragged_index(self.w_start[rows], length)
+        col = flat - np.repeat(self.w_start[rows], length)
+        ids = np.zeros((len(rows), width), np.int64)
+        labels = np.zeros((len(rows), width), np.int64)
+        ids[r, col] = self.timeline[flat]
+        trained = col >= self.w_loss[rows][r]
+        labels[r[trained], col[trained]] = self.timeline[flat[trained] + 1]
+        return SequenceBatch(torch.from_numpy(ids), torch.from_numpy(labels))

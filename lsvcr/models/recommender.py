@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch
+from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch, SequenceBatch
 from lsvcr.metrics.ranking import full_ranks
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs, lookup_rows
 from lsvcr.models.sr.layers import SequentialRecommender
@@ -62,11 +62,17 @@ class Recommender(nn.Module):
             self._cache["videos"] = out.detach()
         return out
 
-    def forward(self, batch: RecBatch | CommRankBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: RecBatch | CommRankBatch | SequenceBatch,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Training losses of a batch: ``{"loss", "task_loss", "id_text_loss"}`` (scalars).
 
         (A forward, not a helper method, so DDP's gradient hooks see it.)
         """
+        if isinstance(batch, SequenceBatch):  # every labelled position: a softmax over every video
+            states = self.sr.sequence_states(batch.ids)
+            trained = batch.labels > 0
+            loss = self.sr.rec_loss_full(states[trained], self._all_videos(), batch.labels[trained])
+            return {"loss": loss, "task_loss": loss}
         inputs = self.inputs(batch.history)
         if isinstance(batch, RecBatch):
             user = self.sr.user_repr(inputs, "rec")

@@ -32,10 +32,10 @@ from transformers import get_scheduler
 from lsvcr import distributed
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
-from lsvcr.data.loader import TrainBatches
+from lsvcr.data.loader import SequenceBatches, TrainBatches
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.models.recommender import Recommender
-from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -62,9 +62,10 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
     if cfg.model.sr.get("max_position", longest) < longest:
         raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
                           f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
-    sr = build(cfg.model.sr, num_videos=ds.num_videos)
     if cfg.task.name not in ("rec", "comm_rank"):
         raise ConfigError(f"task={cfg.task.name}: fine-tuning trains one task, rec or comm_rank")
+    require_comments(cfg, ds)
+    sr = build(cfg.model.sr, num_videos=ds.num_videos)
     if cfg.task.name == "comm_rank" and not sr.uses_text:
         raise ConfigError(f"model/sr={cfg.model.sr.name} reads no comment text and cannot rank comments; use task=rec")
     video = comment = projection = None
@@ -83,9 +84,38 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
     return Recommender(sr, video, comment, projection, cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
 
 
+TRAIN_ON = ("samples", "sequences")
+
+
+def _batches(cfg: DictConfig, ds, model: Recommender, gatherer: HistoryGatherer, accelerator: Accelerator):
+    """The training batches of ``finetune.train_on``: one sample per target (the paper's, every
+    SR) or whole-sequence windows with every position a target (SASRec's own training)."""
+    f, task = cfg.finetune, cfg.task.name
+    train_on = f.get("train_on", "samples")
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"finetune.train_on={train_on}: expected one of {', '.join(TRAIN_ON)}")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if train_on == "samples":
+        return TrainBatches(ds, ds.samples(task, "train"), gatherer, task, f.batch_size, cfg.task.neg_num, cfg.seed,
+                            rank, world)
+    if task != "rec" or not model.sr.trains_on_sequences:
+        raise ConfigError(f"finetune.train_on=sequences trains a causal SR on task=rec (model/sr=sasrec); "
+                          f"not task={task} with model/sr={cfg.model.sr.name}")
+    if cfg.task.neg_num != -1:
+        raise ConfigError(f"finetune.train_on=sequences trains with a softmax over every video: set task.neg_num=-1 "
+                          f"(not {cfg.task.neg_num})")
+    batches = SequenceBatches(ds, ds.samples("rec", "train"), cfg.data.max_phis_len, f.get("sequence_stride"),
+                              f.batch_size, cfg.seed, rank, world)
+    log.info("training on %d sequence windows (%d targets; %d without a video history left out)",
+             len(batches.w_start), batches.num_targets, batches.dropped)
+    return batches
+
+
 def _write_checkpoint_meta(path: Path, cfg: DictConfig, ds) -> None:
     """``<run>/checkpoint.json``: the task, model, dataset sizes and resolved model config of this run."""
-    nodes = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(_MODEL_KEYS)), resolve=True)
+    # resolved against the whole config first: model nodes may interpolate other nodes (data.comments)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    nodes = {k: resolved[k] for k in _MODEL_KEYS if k in resolved}
     write_json(path / CHECKPOINT_META, {"stage": "finetune", "task": cfg.task.name, "model": cfg.model.sr.name,
                                          "num_videos": ds.num_videos, "num_comments": ds.num_comments,
                                          "dataset": str(ds.root), "config": nodes})
@@ -240,8 +270,7 @@ def run(cfg: DictConfig) -> float:
     model = build_recommender(cfg, ds)
     accelerator = _accelerator(cfg)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
-    batches = TrainBatches(ds, ds.samples(task, "train"), gatherer, task, f.batch_size, cfg.task.neg_num, cfg.seed,
-                           accelerator.process_index, accelerator.num_processes)
+    batches = _batches(cfg, ds, model, gatherer, accelerator)
     opt, sched = _optimizer(cfg, model, f.epochs * len(batches))
     state = _State()
     if f.get("resume"):

@@ -277,6 +277,9 @@ class SequentialRecommender(nn.Module):
     temperature: float = 1.0
     #: whether the model reads text embeddings (False: ``lookup_inputs`` may be given no tables)
     uses_text: bool = True
+    #: whether the model has ``sequence_states`` (a causal state per position) and so can train on
+    #: whole sequences (``finetune.train_on=sequences``)
+    trains_on_sequences: bool = False
 
     def scores(self, user: Tensor, candidates: Tensor) -> Tensor:
         """``user [B, d]`` against ``candidates [N, d]`` (shared) -> ``[B, N]``, or against
@@ -289,11 +292,9 @@ class SequentialRecommender(nn.Module):
     def rec_loss_full(self, user: Tensor, table_repr: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy over every video: ``user [B, d]``, ``table_repr [V+1, d]`` (row 0 = pad,
         never a candidate), ``target [B]`` video indices -> scalar."""
-        logits = self.scores(user, table_repr)
-        pad = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        pad[0] = True
-        logits = logits.masked_fill(pad, torch.finfo(logits.dtype).min)
-        return F.cross_entropy(logits, target)
+        # the padding row is left out of the softmax rather than masked: masking copies and fills a
+        # [B, V+1] matrix forward and backward, a quarter of a SASRec step at MovieLens size
+        return F.cross_entropy(self.scores(user, table_repr[1:]), target - 1)
 
     def rec_loss_sampled(self, user: Tensor, target_repr: Tensor, negative_repr: Tensor) -> Tensor:
         """Cross-entropy over the target and K sampled negatives: ``user [B, d]``,

@@ -27,6 +27,7 @@ class SASRec(SequentialRecommender):
     """ID-only sequential recommender over the video history."""
 
     uses_text = False
+    trains_on_sequences = True
 
     def __init__(
         self,
@@ -58,16 +59,21 @@ class SASRec(SequentialRecommender):
         if task != "rec":
             raise _task_error(task)
         ids, mask = inputs.v_ids, inputs.v_mask
+        states = self.sequence_states(ids)  # [B, L, d]
+        # Right padding: the last real item sits at (number of real items - 1); an empty
+        # history reads position 0, whose state attends to nothing real.
+        last = (mask.sum(dim=1) - 1).clamp(min=0)
+        return states[torch.arange(ids.shape[0], device=ids.device), last]
+
+    def sequence_states(self, ids: Tensor) -> Tensor:
+        """The causal state at every position of right-padded ``ids [B, L]``: ``[B, L, d]``;
+        position ``i`` has seen ``ids[:, :i+1]`` only, so it predicts the video after it."""
         b, length = ids.shape
         if length > self.max_position:
             raise ValueError(f"history length {length} exceeds max_position {self.max_position}")
         positions = torch.arange(length, device=ids.device).expand(b, length)
         x = self.dropout(self.norm(self.item_embedding(ids) + self.position_embedding(positions)))
-        states = self.encoder(x, mask, causal=True)  # [B, L, d]
-        # Right padding: the last real item sits at (number of real items - 1); an empty
-        # history reads position 0, whose state attends to nothing real.
-        last = (mask.sum(dim=1) - 1).clamp(min=0)
-        return states[torch.arange(b, device=ids.device), last]
+        return self.encoder(x, ids > 0, causal=True)
 
     def video_repr(self, ids: Tensor, title_emb: Tensor | None = None) -> Tensor:
         """Candidate videos: ``ids [...]`` -> ``[..., d]`` (``title_emb`` is ignored)."""
