@@ -207,3 +207,14 @@ def test_presets_compose():
             assert cfg.data.max_phis_len == 50 and cfg.data.split.method == "loo"
             assert cfg.model.sr.use_comment_history is False
             assert str(cfg.data.root).endswith(f"assets/{stem}")
+
+
+def test_pipeline_runs_the_video_side_without_comments():
+    from lsvcr.pipelines.pipeline import STEPS, plan_steps
+
+    full, video = plan_steps(True), plan_steps(False)
+    assert len(full) == len(STEPS)
+    assert {STEPS[i].name for i in video} == {s.name for s in STEPS if s.task != "comm_rank"}
+    align = next(i for i, s in enumerate(STEPS) if s.stage == "align")
+    assert full[align] == "joint" and video[align] == "rec"
+    assert all(t == "rec" for t in video.values())
