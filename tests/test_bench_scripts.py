@@ -40,3 +40,19 @@ def test_bench_skips_a_missing_smollm2_dir(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "smollm2_135m: skipped, no model directory" in done.stdout
+
+
+def test_bench_embed_reads_ml1m_titles_with_genre(tmp_path):
+    bench_embed = load_experiment("bench_embed")
+    item = tmp_path / "ml-1m.item"
+    item.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n"
+                    "1\tToy Story\t1995\tAnimation Children's Comedy\n2\tJumanji\t1995\tAdventure\n")
+    assert bench_embed.ml1m_texts(item) == ["Toy Story Animation Children's Comedy", "Jumanji Adventure"]
+
+
+def test_bench_embed_skips_a_missing_model_dir(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_embed.py"), "--models", "minilm",
+                           "--sources", "ml1m", "--assets-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "minilm: skipped, no model directory" in done.stdout and "lsvcr-assets fetch minilm-l6-v2" in done.stdout
