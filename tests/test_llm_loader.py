@@ -138,6 +138,7 @@ EXPECTED_TARGETS = {
     "tiny": LLAMA_MODULES,
     "hf": LLAMA_MODULES,
     "smollm2_135m": LLAMA_MODULES,
+    "gemma3_270m": LLAMA_MODULES,
     "qwen2_5_0_5b": LLAMA_MODULES,
     "qwen2_5_1_5b": LLAMA_MODULES,
     "qwen2_5_7b": LLAMA_MODULES,
@@ -147,7 +148,8 @@ EXPECTED_TARGETS = {
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED_TARGETS))
 def test_presets_instantiate_without_loading_anything(preset):
-    cfg = OmegaConf.load(PRESETS / f"{preset}.yaml")
+    # presets of fetched models read ${paths.output_dir}: give them the root node they resolve against
+    cfg = OmegaConf.create({"paths": {"output_dir": "/outputs"}, "llm": OmegaConf.load(PRESETS / f"{preset}.yaml")}).llm
     if preset == "hf":
         assert OmegaConf.is_missing(cfg, "name_or_path")
         cfg.name_or_path = "/models/some-llm"

@@ -108,6 +108,16 @@ def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
     return {k: v for k, v in sr.items() if k not in ("name", "_target_")} | {"num_videos": num_videos}
 
 
+def _check_causal(cfg: DictConfig) -> None:
+    """Refuse an encoder-only ``model/llm`` before any data or weights are loaded (the builders load nothing)."""
+    spec = instantiate(cfg.model.llm)
+    if not getattr(spec, "causal", True):
+        raise ConfigError(f"model/llm={cfg.model.llm.name} ({cfg.model.llm._target_}) is an encoder-only model: "
+                          "stage=align trains a causal LM (prompts, next-token loss, LoRA); encoder-only models "
+                          "serve stage=embed only (un-aligned text tables). Use a causal model/llm, e.g. tiny, "
+                          "smollm2_135m or gemma3_270m")
+
+
 def build_llm(cfg: DictConfig, ds) -> LLMBundle:
     """``model/llm`` on ``ds`` with the embed stage's tokenizer directory (one tokenizer for both)."""
     spec = instantiate(cfg.model.llm)
@@ -333,6 +343,7 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
+    _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
     require_comments(cfg, ds)

@@ -1,4 +1,4 @@
-"""Builders for the LLM side: a Hugging Face causal LM plus its tokenizer.
+"""Builders for the LLM side: a Hugging Face causal LM (or an encoder-only text model) plus its tokenizer.
 
 ``conf/model/llm/*.yaml`` instantiate one of these builders (each node carries ``_target_``); a
 stage then calls ``build`` with the dataset's texts and its working directory::
@@ -10,6 +10,10 @@ stage then calls ``build`` with the dataset's texts and its working directory::
 - :class:`TinyCausalLM`: a randomly initialised (seeded) Llama- or Qwen2-style LM whose tokenizer is
   trained on the dataset's texts; for tests and CPU smoke runs.
 - :class:`PretrainedCausalLM`: any ``AutoModelForCausalLM`` checkpoint, local directory or hub id.
+- :class:`TinyEncoder`, :class:`PretrainedEncoder`: the same for encoder-only models (BERT, MiniLM)
+  loaded with ``AutoModel``. They serve ``stage=embed`` only (mean-pooled last hidden state, as
+  sentence-transformers pools all-MiniLM-L6-v2); ``stage=align`` needs a causal LM and refuses
+  them (``causal = False``).
 
 The builders only carry the LoRA / gradient-checkpointing settings; applying them is the alignment
 stage's job (the embedding stage of an un-aligned baseline wants the bare model).
@@ -23,8 +27,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
+    BertConfig,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -69,7 +75,8 @@ class LLMBundle:
     """A built LLM: model (eval mode, on CPU), tokenizer (with a pad token) and the run settings.
 
     ``name`` is the short label of the preset; ``source`` says where the weights came from (the
-    checkpoint path or hub id, or the random-init recipe) and belongs in manifests.
+    checkpoint path or hub id, or the random-init recipe) and belongs in manifests. ``causal`` is
+    False for an encoder-only model (no LM head; it can encode texts but not be aligned).
     """
 
     model: PreTrainedModel
@@ -78,6 +85,7 @@ class LLMBundle:
     source: str
     lora: LoraSettings = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False
+    causal: bool = True
 
     @property
     def hidden_size(self) -> int:
@@ -118,6 +126,8 @@ class TinyCausalLM:
         seed: seed of the weight initialisation; the same seed and tokenizer give the same weights.
         name: label recorded in manifests and run names (default ``tiny-<arch>``).
     """
+
+    causal = True
 
     def __init__(
         self,
@@ -192,6 +202,10 @@ class PretrainedCausalLM:
         name: label recorded in manifests and run names (default ``name_or_path``).
     """
 
+    causal = True
+    auto_class = AutoModelForCausalLM
+    kind = "causal LM"
+
     def __init__(
         self,
         name_or_path: str,
@@ -225,12 +239,12 @@ class PretrainedCausalLM:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, padding_side=self.padding_side, **common)
             extra = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
-            model = AutoModelForCausalLM.from_pretrained(self.name_or_path, dtype=self.dtype, **common, **extra)
+            model = self.auto_class.from_pretrained(self.name_or_path, dtype=self.dtype, **common, **extra)
         except (OSError, ValueError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
                 f"model.llm.name_or_path={self.name_or_path!r}: cannot load this checkpoint ({first_line}). "
-                "Give a local directory holding a Hugging Face causal LM, or a hub id already in the local cache"
+                f"Give a local directory holding a Hugging Face {self.kind}, or a hub id already in the local cache"
             ) from None
         tokenizer.padding_side = self.padding_side
         if tokenizer.pad_token is None:
@@ -239,7 +253,8 @@ class PretrainedCausalLM:
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.eval()
-        return LLMBundle(model, tokenizer, self.name, self.name_or_path, self.lora, self.gradient_checkpointing)
+        return LLMBundle(model, tokenizer, self.name, self.name_or_path, self.lora, self.gradient_checkpointing,
+                         causal=self.causal)
 
     def _check_local_path(self) -> None:
         """Fail early and plainly on a path that is clearly local (``/``, ``./``, ``../``, ``~``) but absent."""
@@ -248,3 +263,68 @@ class PretrainedCausalLM:
             return
         if value.startswith(("/", "./", "../", "~")) or value in (".", ".."):
             raise ConfigError(f"model.llm.name_or_path={value!r}: no such directory")
+
+
+class PretrainedEncoder(PretrainedCausalLM):
+    """An encoder-only Hugging Face checkpoint (BERT, MiniLM) loaded with ``AutoModel``; for ``stage=embed``.
+
+    Same arguments as :class:`PretrainedCausalLM`; ``lora`` and ``gradient_checkpointing`` are
+    accepted (one config schema) but unused: such a model is never trained here. sentence-transformers
+    pads on the right; position ids count real tokens either way, so the side does not change a row.
+    """
+
+    causal = False
+    auto_class = AutoModel
+    kind = "encoder-only model (AutoModel)"
+
+    def __init__(self, name_or_path: str, dtype: str = "float32", padding_side: str = "right",
+                 gradient_checkpointing: bool = False, **kwargs):
+        super().__init__(name_or_path, dtype=dtype, padding_side=padding_side,
+                         gradient_checkpointing=gradient_checkpointing, **kwargs)
+
+
+class TinyEncoder:
+    """A small random BERT encoder (seeded) with a BPE tokenizer trained on the dataset's texts.
+
+    The encoder-only counterpart of :class:`TinyCausalLM`, for tests and CPU smoke runs of
+    ``stage=embed`` with an encoder; ``stage=align`` refuses it (``causal = False``).
+    """
+
+    causal = False
+
+    def __init__(
+        self,
+        vocab_size: int = 2000,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 128,
+        max_position_embeddings: int = 512,
+        tokenizer: BPETokenizerTrainer | Mapping | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        padding_side: str = "right",
+        name: str | None = None,
+    ):
+        if hidden_size % num_heads:
+            raise ConfigError(f"model.llm: hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.vocab_size, self.seed, self.name = vocab_size, seed, name or "tiny-bert"
+        self.dims = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                         intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)
+        if tokenizer is None or isinstance(tokenizer, BPETokenizerTrainer):
+            self.tokenizer = tokenizer or BPETokenizerTrainer()
+        else:
+            self.tokenizer = BPETokenizerTrainer(**{k: v for k, v in dict(tokenizer).items() if k != "_target_"})
+        self.dtype = _torch_dtype(dtype, allow_auto=False)
+        self.padding_side = _check_padding_side(padding_side)
+
+    def build(self, texts: TextsFn | None, workdir: Path) -> LLMBundle:
+        """Train (or reload from ``workdir``) the tokenizer, then build the seeded random BERT."""
+        tokenizer = self.tokenizer.load_or_train(texts, Path(workdir), self.vocab_size, self.padding_side)
+        config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **self.dims)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = AutoModel.from_config(config)
+        model.to(self.dtype).eval()
+        source = f"random init (bert, seed {self.seed}, hidden {self.dims['hidden_size']})"
+        return LLMBundle(model, tokenizer, self.name, source, causal=False)

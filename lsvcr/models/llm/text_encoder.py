@@ -4,6 +4,11 @@ The same module serves the alignment stage (inside the training step, so gradien
 weights through the SR) and the embedding stage (once per title and comment, under inference mode).
 Tokenisation goes through :func:`encode_texts` in both, so the two see identical token ids.
 
+An encoder-only model (BERT, all-MiniLM-L6-v2, loaded with ``AutoModel``) works the same way for
+``stage=embed``: its last hidden state, mean-pooled over the attention mask, is exactly
+sentence-transformers' pooling for all-MiniLM-L6-v2 (before its optional normalisation, which is
+not applied here: ``llm_emb_mlp`` follows).
+
 Pooling runs the LM's decoder only (no LM head: a 150k-word vocabulary would cost ``N x T x V``
 logits for nothing) with position ids counted over real tokens, so an item's embedding does not
 depend on the padding side or on how much padding its batch needed.
@@ -59,12 +64,13 @@ def _unwrap(llm: nn.Module) -> nn.Module:
 def decoder_hidden_states(llm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Last hidden state (after the final norm) of a causal LM's decoder, ``[N, T, H]``.
 
-    ``llm`` is a transformers causal LM, possibly PEFT-wrapped. Position ids count real tokens
+    ``llm`` is a transformers causal LM, possibly PEFT-wrapped, or a bare encoder (``AutoModel``,
+    e.g. BERT), which is its own ``base_model``. Position ids count real tokens
     (``cumsum(mask) - 1``), so left and right padding give the same states at real tokens.
     ChatGLM's decoder returns ``[T, N, H]``; it is transposed back.
     """
     model = _unwrap(llm)
-    decoder = model.base_model
+    decoder = model.base_model  # under a causal LM's head; a bare AutoModel is its own base model
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out[0]  # last_hidden_state, for ModelOutput and tuple returns alike
@@ -91,10 +97,10 @@ def llm_emb_mlp(hidden_size: int, out_dim: int, inner: int | None = None) -> nn.
 
 
 class LLMTextEncoder(nn.Module):
-    """Causal LM (possibly LoRA-wrapped) + ``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out_dim).
+    """Causal LM (possibly LoRA-wrapped) or encoder + ``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out_dim).
 
     Args:
-        llm: a transformers causal LM (or its PEFT wrapper).
+        llm: a transformers causal LM (or its PEFT wrapper), or an encoder-only ``AutoModel``.
         out_dim: embedding size handed to the SR (``llm_emb_size``, 256 in the paper).
         hidden_size: the LM's hidden size; read from ``llm.config`` when omitted.
     """

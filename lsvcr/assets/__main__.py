@@ -1,0 +1,5 @@
+import sys
+
+from lsvcr.assets.cli import main
+
+sys.exit(main())
