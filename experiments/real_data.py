@@ -38,7 +38,7 @@ RUNS = [
     ("popularity", ["stage=evaluate", "task=rec", "model/sr=popularity", "eval.protocols=[full]"]),
     ("sasrec (samples)", ["stage=finetune", "experiment=sasrec_recbole"]),
     ("sasrec (sequences)", ["stage=finetune", "experiment=sasrec_recbole", "finetune.train_on=sequences",
-                            "finetune.batch_size=128"]),
+                            "finetune.batch_size=128", "finetune.sequence_stride=25", "optim.lr=1e-3"]),
     ("lsvcr (tiny LM)", [*LSVCR, "model/llm=tiny"]),
     ("lsvcr (MiniLM)", [*LSVCR, "model/llm=minilm_l6_v2"]),
     ("lsvcr (SmolLM2)", [*LSVCR, "model/llm=smollm2_135m", "model.llm.dtype=float32"]),
