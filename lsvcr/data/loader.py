@@ -131,7 +131,8 @@ class SequenceBatches:
     last ``stride`` of its labels (all of them for the earliest one), so with ``stride < max_len``
     each label sees at least ``max_len - stride`` videos of context. A target with no earlier video
     at all (only a comment history) cannot be predicted from videos and is left out (counted in
-    :attr:`dropped`).
+    :attr:`dropped`). Context is positional: a target's earlier same-timestamp videos are in it,
+    as with ``data.history_ties=sorted_order`` (which makes the two trainings see the same inputs).
 
     Args:
         samples: the ``rec`` training samples (grouped by user, in time order, as prepared).
