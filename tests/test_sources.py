@@ -76,7 +76,7 @@ def test_native_missing_directory(tmp_path):
 
 def test_csv_wrong_column_count_names_file_and_line(tmp_path):
     # the blank line is skipped by the reader: data row 2 sits on line 4
-    files = {**NATIVE, "video_interactions.csv": "user_id,video_id,timestamp\nu1,1,100\n\nu1,2\n"}
+    files = {**NATIVE, "video_interactions.csv": "user_id,video_id,timestamp\nu1,1,100\n\nu1,2\nu1,3,200\n"}
     with pytest.raises(DataError, match=r"video_interactions\.csv: row 2 \(line 4\): Expected 3 columns, got 2"):
         read_native(write_files(tmp_path, files))
 
@@ -127,7 +127,11 @@ def test_kuaicomt_maps_columns_units_and_signals(tmp_path):
     assert vi["timestamp"].to_pylist() == [1696141175214, 1696141177000]
     assert vi[ROW_COLUMN].to_pylist() == [1, 3]  # file rows of the kept interactions
     ci = raw.comment_interactions
-    assert ci.column_names == ["user_id", "comment_id", "timestamp"]
+    # changed by the real-files issue: photo_id is kept (as video_id) for validation to check, and
+    # the comment flags filter rows (both rows here have one)
+    assert ci.column_names == ["user_id", "comment_id", "timestamp", "video_id", ROW_COLUMN]
+    assert ci["video_id"].to_pylist() == [101, 102]
+    assert raw.source["signal_filtered"] == {"video_interactions": 1, "comment_interactions": 0}
     assert ci["timestamp"].to_pylist() == [1696421927000, 1696421930000]  # seconds -> ms
     assert raw.origin["video_interactions"] == str(tmp_path / "user_video_inter.csv")
 
@@ -140,7 +144,7 @@ def test_kuaicomt_keeps_every_impression_without_signals(tmp_path):
 
 def test_kuaicomt_seconds_named_column_holding_ms_is_not_scaled(tmp_path):
     files = {**KUAICOMT, "user_comment_inter.csv": "user_id,comment_id,timestamp\n1,501,1696421927123\n"}
-    raw = read_kuaicomt(write_files(tmp_path, files))
+    raw = read_kuaicomt(write_files(tmp_path, files), comment_signals=())
     assert raw.comment_interactions["timestamp"].to_pylist() == [1696421927123]
 
 

@@ -26,11 +26,14 @@ SCHEMA: dict[str, dict[str, str]] = {
     "videos": {"video_id": "id", "title": "string", "category": "string?"},
     "comments": {"comment_id": "id", "video_id": "id", "text": "string", "like_count": "int"},
     "video_interactions": {"user_id": "id", "video_id": "id", "timestamp": "int"},
-    "comment_interactions": {"user_id": "id", "comment_id": "id", "timestamp": "int"},
+    # video_id (optional): the video the file says the comment is under, checked against the
+    # comment's own video by validation (KuaiComt's photo_id)
+    "comment_interactions": {"user_id": "id", "comment_id": "id", "timestamp": "int", "video_id": "id?"},
 }
 
 
 def _type_ok(kind: str, typ: pa.DataType) -> bool:
+    kind = kind.rstrip("?")
     if kind == "id":
         return pa.types.is_integer(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ)
     if kind.startswith("string"):
@@ -73,6 +76,8 @@ class RawTables:
                         f"(has: {', '.join(t.column_names) or 'none'})"
                     )
                 typ = t.schema.field(col).type
+                if t.num_rows == 0 and pa.types.is_null(typ):
+                    continue  # a header-only file: no values, no type (validation casts it)
                 if not _type_ok(kind, typ):
                     raise DataError(
                         f"{self.where(name)}: column '{col}' has type {typ}, expected {kind.rstrip('?')}"

@@ -66,8 +66,13 @@ def csv_line(path: str | Path, row: int) -> int:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader(f), None)
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]), None)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 (header line, byte {e.start}); re-encode it as UTF-8 "
+                        "(e.g. iconv -f GBK -t UTF-8)") from None
     if not header:
         raise DataError(f"{path}: empty file, expected a header line")
     return header
@@ -85,15 +90,22 @@ def _csv_error(path: Path, header: list[str], message: str) -> DataError:
     if col_match and int(col_match.group(1)) < len(header):
         where += f", column '{header[int(col_match.group(1))]}'"
     detail = _COLUMN_RE.sub("", _ROW_RE.sub("", detail))
+    if "invalid UTF8" in detail:
+        return DataError(f"{path} is not UTF-8 ({where.strip() or 'somewhere'}); re-encode it as UTF-8 "
+                         "(e.g. iconv -f GBK -t UTF-8)")
     return DataError(f"{path}:{where or ' unreadable CSV'}: {detail}")
 
 
-def read_csv(path: str | Path, columns: Sequence[str] | None = None, types: dict | None = None) -> pa.Table:
+def read_csv(path: str | Path, columns: Sequence[str] | None = None, types: dict | None = None,
+             notes: dict | None = None) -> pa.Table:
     """Read ``columns`` (all when None) of a CSV file with a header, in file order.
 
     ``types`` forces the Arrow type of some columns; the others are inferred. Empty fields of
     string columns are read as null. A row that does not parse raises :class:`DataError`
-    naming the file, row and line instead of pyarrow's error.
+    naming the file, row and line instead of pyarrow's error; so does a file that is not UTF-8.
+    One exception: a last line with too few fields (a file cut off while it was written or
+    copied) is skipped with a warning and recorded in ``notes[str(path)]`` (``truncated_last_line``:
+    its line number), which the readers put into the manifest.
     """
     path = Path(path)
     header = _csv_header(path)
@@ -102,12 +114,29 @@ def read_csv(path: str | Path, columns: Sequence[str] | None = None, types: dict
         column_types=types or {},
         strings_can_be_null=True,
     )
+    invalid: list = []
 
-    def read(threads: bool) -> pa.Table:
-        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=threads), convert_options=convert)
+    def skip(row) -> str:
+        invalid.append(row)
+        return "skip"
+
+    def read(threads: bool, handler=None) -> pa.Table:
+        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=threads),
+                              parse_options=pacsv.ParseOptions(invalid_row_handler=handler), convert_options=convert)
 
     try:
-        return read(True)
+        table = read(True, skip)
+        if not invalid:
+            return table
+        if len(invalid) == 1 and _is_last_line(path, invalid[0].text) and invalid[0].actual_columns < len(header):
+            line = _line_count(path)
+            log.warning("%s: line %d has %d of %d fields (a truncated last line): skipped", path, line,
+                        invalid[0].actual_columns, len(header))
+            if notes is not None:
+                notes.setdefault(str(path), {})["truncated_last_line"] = line
+            return table
+        read(False)  # the first malformed row, with its line number
+        raise DataError(f"{path}: a row has the wrong number of fields")  # not reached: read(False) raised
     except pa.ArrowInvalid as first:
         # Only the single-threaded reader reports row numbers; pay for it on the error path only.
         try:
@@ -115,6 +144,25 @@ def read_csv(path: str | Path, columns: Sequence[str] | None = None, types: dict
         except pa.ArrowInvalid as e:
             raise _csv_error(path, header, str(e)) from None
         raise DataError(f"{path}: unreadable CSV: {first}") from None
+
+
+def _is_last_line(path: Path, text: str) -> bool:
+    """Whether ``text`` is the file's last non-empty line."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - len(text.encode()) - 4096))
+        tail = f.read().rstrip(b"\r\n")
+    return tail.rsplit(b"\n", 1)[-1].rstrip(b"\r") == text.encode()
+
+
+def _line_count(path: Path) -> int:
+    """Number of lines (the last one without a newline counted)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
 
 
 def _plain_strings(table: pa.Table) -> pa.Table:
@@ -137,7 +185,7 @@ def _native_file(root: Path, name: str) -> Path:
     return found[0]
 
 
-def _read_native_table(path: Path, columns: Sequence[str]) -> pa.Table:
+def _read_native_table(path: Path, columns: Sequence[str], notes: dict | None = None) -> pa.Table:
     if path.suffix == ".parquet":
         try:
             present = pq.read_schema(path).names
@@ -145,18 +193,18 @@ def _read_native_table(path: Path, columns: Sequence[str]) -> pa.Table:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: unreadable Parquet file ({e})") from None
     include = [c for c in columns if c in _csv_header(path)]
-    return read_csv(path, include, {c: t for c, t in _NATIVE_TYPES.items() if c in include})
+    return read_csv(path, include, {c: t for c, t in _NATIVE_TYPES.items() if c in include}, notes)
 
 
 def read_native(root: str | Path) -> RawTables:
     """Read our native layout (module docstring); missing columns are left to validation."""
     root = _existing_dir(root)
-    tables, origin = {}, {}
+    tables, origin, notes = {}, {}, {}
     for name, cols in SCHEMA.items():
         path = _native_file(root, name)
-        tables[name] = _read_native_table(path, list(cols))
+        tables[name] = _read_native_table(path, list(cols), notes)
         origin[name] = str(path)
-    return RawTables(**tables, origin=origin, source={"kind": "native", "root": str(root)})
+    return RawTables(**tables, origin=origin, source={"kind": "native", "root": str(root), "read_skips": notes})
 
 
 def _existing_dir(root: str | Path) -> Path:
@@ -219,47 +267,62 @@ def _to_ms(values: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
     return values.cast(pa.int64())
 
 
-def _read_kuaicomt_table(path: Path, name: str, signals: Sequence[str]) -> pa.Table:
+def _read_kuaicomt_table(path: Path, name: str, signals: Sequence[str], notes: dict) -> tuple[pa.Table, int]:
+    """One KuaiComt file as our table, with the rows where no ``signals`` column is positive
+    dropped; returns the table and how many rows the signals dropped."""
     header = _csv_header(path)
     picked = _kuaicomt_columns(path, header, name)
     missing = [s for s in signals if s not in header]
     if missing:
-        raise DataError(f"{path}: no signal column {', '.join(missing)}; columns found: {', '.join(header)}")
+        key = "data.video_signals" if name == "video_interactions" else "data.comment_signals"
+        raise DataError(f"{path}: no signal column {', '.join(missing)} ({key}; {key}=[] keeps every row); "
+                        f"columns found: {', '.join(header)}")
     types = {theirs: _TEXT_TYPES[ours] for ours, theirs in picked.items() if ours in _TEXT_TYPES}
     types.update({theirs: pa.int64() for ours, theirs in picked.items() if ours == "like_count"})
     types.update({theirs: pa.float64() for ours, theirs in picked.items() if ours == "timestamp"})
     types.update({s: pa.float64() for s in signals})
-    raw = read_csv(path, list(dict.fromkeys([*picked.values(), *signals])), types)
+    raw = read_csv(path, list(dict.fromkeys([*picked.values(), *signals])), types, notes)
     table = raw.select(list(picked.values())).rename_columns(list(picked))
     if "timestamp" in picked:
         table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                  _to_ms(table["timestamp"], picked["timestamp"]))
-    if signals:
-        keep = np.zeros(raw.num_rows, dtype=bool)
-        for s in signals:
-            keep |= pc.fill_null(pc.greater(raw[s], 0), False).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(keep)
-        table = table.take(pa.array(rows)).append_column(ROW_COLUMN, pa.array(rows + 1, pa.int64()))
-    return table
+    if not signals:
+        return table, 0
+    keep = np.zeros(raw.num_rows, dtype=bool)
+    for s in signals:
+        keep |= pc.fill_null(pc.greater(raw[s], 0), False).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(keep)
+    table = table.take(pa.array(rows)).append_column(ROW_COLUMN, pa.array(rows + 1, pa.int64()))
+    return table, raw.num_rows - len(rows)
 
 
-def read_kuaicomt(root: str | Path, video_signals: Sequence[str] = ("long_view", "is_like")) -> RawTables:
+def read_kuaicomt(root: str | Path, video_signals: Sequence[str] = ("long_view", "is_like"),
+                  comment_signals: Sequence[str] = ("is_like", "is_reply")) -> RawTables:
     """Read the KuaiComt release; timestamps become int64 milliseconds.
 
     ``user_video_inter.csv`` logs every video impression; a row counts as an interaction when
-    any column of ``video_signals`` is positive (default: a long view or a like). Pass ``()``
-    to keep every impression. Only the needed columns are read (the comment file is large).
+    any column of ``video_signals`` (``data.video_signals``) is positive (default: a long view or
+    a like). ``user_comment_inter.csv`` likewise with ``comment_signals`` (``data.comment_signals``:
+    a like or a reply). ``()`` keeps every row. The rows each filter drops are counted in
+    ``source["signal_filtered"]``. The comment file's ``photo_id`` is kept as the interaction's
+    ``video_id`` for validation to check against the comment's own video. Only the needed columns
+    are read (the comment file is large).
     """
     root = _existing_dir(root)
-    tables, origin = {}, {}
+    tables, origin, filtered, notes = {}, {}, {}, {}
+    signals = {"video_interactions": tuple(video_signals), "comment_interactions": tuple(comment_signals)}
     for name, file in KUAICOMT_FILES.items():
         path = root / file
         if not path.exists():
             raise DataError(f"{root}: missing KuaiComt file {file} (expected {', '.join(KUAICOMT_FILES.values())})")
-        signals = tuple(video_signals) if name == "video_interactions" else ()
-        tables[name] = _read_kuaicomt_table(path, name, signals)
+        tables[name], dropped = _read_kuaicomt_table(path, name, signals.get(name, ()), notes)
+        if name in signals:
+            filtered[name] = dropped
+            if dropped:
+                log.info("%s: %d rows with no positive %s dropped", path, dropped, "/".join(signals[name]))
         origin[name] = str(path)
-    source = {"kind": "kuaicomt", "root": str(root), "time_unit": "ms", "video_signals": list(video_signals)}
+    source = {"kind": "kuaicomt", "root": str(root), "time_unit": "ms", "video_signals": list(video_signals),
+              "comment_signals": list(comment_signals), "signal_filtered": filtered, "read_skips": notes}
     return RawTables(**tables, origin=origin, source=source)
 
 

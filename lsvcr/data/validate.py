@@ -1,11 +1,20 @@
 """Validation of raw tables: fatal problems raise one clear error, recoverable ones are skipped.
 
 Fatal (raise :class:`DataError` naming the file, the 1-based data row and its key):
-missing or mistyped columns, null ids, null or blank titles and comment texts, null or negative
-timestamps and like counts, and (with ``timestamps="strict"``) a user's interaction rows out of
-time order. Recoverable (counted per reason in :data:`REASONS`, one warning each, rows dropped):
-duplicate video/comment ids (the first is kept), exact duplicate interaction rows, comments of
-unknown videos and interactions with unknown videos or comments.
+missing or mistyped columns, null ids, negative timestamps and like counts, (with
+``timestamps="strict"``) a user's interaction rows out of time order, comment interactions whose
+times cannot be on the videos' clock (another unit, or another column), and comment interactions
+whose own video column disagrees with their comment's video on most rows (swapped columns).
+Recoverable (counted per reason in :data:`REASONS`, one warning each, rows dropped): duplicate
+video/comment ids (the first is kept), duplicate interaction rows (equal in every column the
+reader read: user, item and time, not the source file's other columns), interactions without a
+timestamp (empty or NaN), comments of unknown videos, interactions with unknown videos or
+comments, and (a minority of) comment interactions filed under another video than their comment's.
+Kept and counted (in ``source["empty_text"]``): videos with an empty title and comments with an
+empty text; their text becomes ``empty_text`` (default ``""``).
+
+Id columns are cast to one type per kind of id (int64 when every table has integers, else
+string), so the builder can join them.
 
 Tables are only filtered, never sorted or re-indexed; every check is a vectorised Arrow/numpy
 pass, so KuaiComt-sized tables (tens of millions of rows) are fine.
@@ -33,14 +42,22 @@ REASONS: dict[str, tuple[str, str]] = {
     "duplicate_video_id": ("videos", "videos whose video_id repeats an earlier row"),
     "duplicate_comment_id": ("comments", "comments whose comment_id repeats an earlier row"),
     "comment_unknown_video": ("comments", "comments whose video_id is not in videos"),
-    "duplicate_video_interaction": ("video_interactions", "exact duplicate rows"),
+    "video_interaction_null_timestamp": ("video_interactions", "interactions without a timestamp (empty or NaN)"),
+    "duplicate_video_interaction": ("video_interactions", "duplicate rows (equal user, video and timestamp)"),
     "video_interaction_unknown_video": ("video_interactions", "interactions whose video_id is not in videos"),
-    "duplicate_comment_interaction": ("comment_interactions", "exact duplicate rows"),
+    "comment_interaction_null_timestamp": ("comment_interactions", "interactions without a timestamp (empty or NaN)"),
+    "duplicate_comment_interaction": ("comment_interactions", "duplicate rows (equal user, comment and timestamp)"),
     "comment_interaction_unknown_comment": (
         "comment_interactions",
         "interactions whose comment_id is not in comments",
     ),
+    "comment_interaction_wrong_video": (
+        "comment_interactions",
+        "interactions whose video column is not their comment's video",
+    ),
 }
+#: share of disagreeing rows above which a comment-interaction video column means swapped columns
+WRONG_VIDEO_FATAL = 0.5
 
 _KEY = {  # the id shown with a row in messages
     "videos": "video_id",
@@ -81,12 +98,9 @@ def _blank(col: pa.ChunkedArray) -> pa.ChunkedArray:
 def _check_values(raw: RawTables, name: str) -> None:
     t = raw.table(name)
     checks = [(pc.is_null(t[c]), f"null {c}", None) for c, kind in SCHEMA[name].items() if kind == "id"]
-    checks += [(_blank(t[c]), f"empty {c}", None) for c in ("title", "text") if c in SCHEMA[name]]
-    checks += [
-        (pc.or_kleene(pc.is_null(t[c]), pc.less(t[c], 0)), f"null or negative {c}", c)
-        for c in ("timestamp", "like_count")
-        if c in SCHEMA[name]
-    ]
+    checks += [(pc.less(t["timestamp"], 0), "negative timestamp", "timestamp")] if "timestamp" in SCHEMA[name] else []
+    checks += [(pc.or_kleene(pc.is_null(t[c]), pc.less(t[c], 0)), f"null or negative {c}", c)
+               for c in ("like_count",) if c in SCHEMA[name]]
     for mask, problem, shown in checks:
         i = _first(mask)
         if i >= 0:
@@ -106,10 +120,12 @@ def _check_time_order(raw: RawTables, name: str) -> None:
     t = raw.table(name)
     if t.num_rows < 2:
         return
-    user = _codes(t["user_id"])
-    order = np.argsort(user, kind="stable")  # by user, file order within a user
-    user = user[order]
-    time = t["timestamp"].to_numpy()[order]
+    valid = pc.is_valid(t["timestamp"]).to_numpy(zero_copy_only=False)  # rows without a time are dropped later
+    rows = np.flatnonzero(valid)
+    user = _codes(t["user_id"])[rows]
+    order = rows[np.argsort(user, kind="stable")]  # by user, file order within a user
+    user = _codes(t["user_id"])[order]
+    time = pc.fill_null(t["timestamp"], 0).to_numpy()[order]
     bad = np.flatnonzero((user[1:] == user[:-1]) & (time[1:] < time[:-1]))
     if len(bad) == 0:
         return
@@ -140,11 +156,86 @@ def _as_common(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[pa.ChunkedArray,
     return a.cast(target), b.cast(target)
 
 
-def _keep_known(t: pa.Table, col: str, known: pa.ChunkedArray) -> tuple[pa.Table, int]:
+#: share of interactions with unknown ids above which the file's id column is wrong, not a few rows
+#: (judged from FATAL_MIN_ROWS bad rows on: a handful of rows is a data problem, not a schema one)
+UNKNOWN_FATAL = 0.5
+FATAL_MIN_ROWS = 10
+
+
+def _keep_known(t: pa.Table, col: str, known: pa.ChunkedArray, raw: RawTables | None = None,
+                name: str | None = None, of: str = "") -> tuple[pa.Table, int]:
+    """Rows of ``t`` whose ``col`` is in ``known``; with ``raw``/``name`` (an interaction table),
+    most rows unknown is fatal: the ids come from another column or another dataset."""
     values, known = _as_common(t[col], known)
     mask = pc.is_in(values, value_set=known.combine_chunks())
     kept = t.filter(mask)
+    dropped = t.num_rows - kept.num_rows
+    if raw is not None and dropped > UNKNOWN_FATAL * t.num_rows and dropped >= FATAL_MIN_ROWS:
+        i = _first(pc.invert(mask))
+        raise DataError(f"{_where(raw, name, i)}: {dropped} of {t.num_rows} rows name a {col} that is not in {of} "
+                        f"(this row: {t[col][i].as_py()!r}); the column looks swapped or comes from another dataset")
+    return kept, dropped
+
+
+def _with_time(t: pa.Table) -> tuple[pa.Table, int]:
+    kept = t.filter(pc.is_valid(t["timestamp"]))
     return kept, t.num_rows - kept.num_rows
+
+
+def _own_video(raw: RawTables, ci: pa.Table, comments: pa.Table) -> tuple[pa.Table, int]:
+    """Drop comment interactions whose ``video_id`` column is not their comment's video; when most
+    rows disagree the columns are swapped or mislabelled, which is fatal."""
+    if "video_id" not in ci.column_names or ci.num_rows == 0:
+        return (ci.drop_columns(["video_id"]) if "video_id" in ci.column_names else ci), 0
+    own_ids, given = _as_common(comments["video_id"], ci["video_id"])
+    cids, ci_cids = _as_common(comments["comment_id"], ci["comment_id"])
+    own = pc.take(own_ids.combine_chunks(), pc.index_in(ci_cids, value_set=cids.combine_chunks()))
+    agree = pc.fill_null(pc.equal(own, given), False)
+    wrong = ci.num_rows - pc.sum(agree).as_py()
+    if wrong > WRONG_VIDEO_FATAL * ci.num_rows and wrong >= FATAL_MIN_ROWS:
+        i = _first(pc.invert(agree))
+        raise DataError(
+            f"{_where(raw, 'comment_interactions', i)}: {wrong} of {ci.num_rows} comment interactions name another "
+            f"video than their comment's (this row: video {given[i].as_py()!r}, its comment {ci_cids[i].as_py()!r} is "
+            f"under {own[i].as_py()!r}); the video and comment columns look swapped or mislabelled")
+    return ci.filter(agree).drop_columns(["video_id"]), wrong
+
+
+def _check_comment_clock(raw: RawTables, vi: pa.Table, ci: pa.Table) -> None:
+    """Comment interactions must be on the video interactions' clock: most of them within the
+    videos' time range widened by its own length. Otherwise the unit (seconds / milliseconds)
+    or the column (an id read as a time) is wrong, and histories would mix the two streams."""
+    if vi.num_rows == 0 or ci.num_rows == 0:
+        return
+    lo, hi = pc.min(vi["timestamp"]).as_py(), pc.max(vi["timestamp"]).as_py()
+    span = max(hi - lo, 1)
+    inside = pc.and_(pc.greater_equal(ci["timestamp"], lo - span), pc.less_equal(ci["timestamp"], hi + span))
+    share = pc.mean(inside.cast(pa.float64())).as_py()
+    med, vi_med = float(np.median(ci["timestamp"].to_numpy())), float(np.median(vi["timestamp"].to_numpy()))
+    # both tests must fail: out of range alone happens with small relative clocks, and a different
+    # magnitude alone with comments all early in the window
+    other_magnitude = vi_med <= 0 or not 0.1 <= med / vi_med <= 10
+    if share < 0.5 and other_magnitude:
+        med = int(med)
+        raise DataError(
+            f"{raw.where('comment_interactions')}: only {share:.0%} of comment interaction timestamps fall near the "
+            f"video interactions' range [{lo}, {hi}] (median comment time {med}); the two files use different time "
+            "units (seconds vs milliseconds) or the timestamp column holds something else (an id)")
+
+
+def _same_id_types(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Cast each kind of id to one type across the tables: int64 if all are integers, else string."""
+    for col, names in (("user_id", ("video_interactions", "comment_interactions")),
+                       ("video_id", ("videos", "comments", "video_interactions")),
+                       ("comment_id", ("comments", "comment_interactions"))):
+        types = [tables[n].schema.field(col).type for n in names if tables[n].num_rows]
+        target = pa.int64() if types and all(pa.types.is_integer(t) for t in types) else pa.string()
+        for n in names:
+            t = tables[n]
+            i = t.schema.get_field_index(col)
+            if t.schema.field(col).type != target:
+                tables[n] = t.set_column(i, col, t[col].cast(target))
+    return tables
 
 
 def _drop_recoverable(raw: RawTables) -> tuple[dict[str, pa.Table], dict[str, int]]:
@@ -153,17 +244,50 @@ def _drop_recoverable(raw: RawTables) -> tuple[dict[str, pa.Table], dict[str, in
     comments, n["duplicate_comment_id"] = _dedupe(raw.comments, ["comment_id"])
     comments, n["comment_unknown_video"] = _keep_known(comments, "video_id", videos["video_id"])
     vi = raw.video_interactions
+    vi, n["video_interaction_null_timestamp"] = _with_time(vi)
     vi, n["duplicate_video_interaction"] = _dedupe(vi, [c for c in vi.column_names if c != ROW_COLUMN])
-    vi, n["video_interaction_unknown_video"] = _keep_known(vi, "video_id", videos["video_id"])
+    vi, n["video_interaction_unknown_video"] = _keep_known(vi, "video_id", videos["video_id"], raw,
+                                                           "video_interactions", "videos")
     ci = raw.comment_interactions
-    ci, n["duplicate_comment_interaction"] = _dedupe(ci, [c for c in ci.column_names if c != ROW_COLUMN])
-    ci, n["comment_interaction_unknown_comment"] = _keep_known(ci, "comment_id", comments["comment_id"])
+    ci, n["comment_interaction_null_timestamp"] = _with_time(ci)
+    ci, n["duplicate_comment_interaction"] = _dedupe(ci, [c for c in ci.column_names if c not in (ROW_COLUMN, "video_id")])
+    ci, n["comment_interaction_unknown_comment"] = _keep_known(ci, "comment_id", comments["comment_id"], raw,
+                                                               "comment_interactions", "comments")
+    ci, n["comment_interaction_wrong_video"] = _own_video(raw, ci, comments)
+    _check_comment_clock(raw, vi, ci)
     tables = {"videos": videos, "comments": comments, "video_interactions": vi, "comment_interactions": ci}
     tables = {k: t.drop_columns([ROW_COLUMN]) if ROW_COLUMN in t.column_names else t for k, t in tables.items()}
-    return tables, {reason: n[reason] for reason in REASONS}
+    return _same_id_types(tables), {reason: n[reason] for reason in REASONS}
 
 
-def validate(raw: RawTables, timestamps: str = "strict") -> tuple[RawTables, dict[str, int]]:
+def _empty_types(raw: RawTables) -> None:
+    """Give the columns of header-only files (Arrow type null) their schema type."""
+    kinds = {"id": pa.string(), "string": pa.string(), "int": pa.int64()}
+    for name, cols in SCHEMA.items():
+        t = raw.table(name)
+        for col, kind in cols.items():
+            if col in t.column_names and pa.types.is_null(t.schema.field(col).type):
+                t = t.set_column(t.schema.get_field_index(col), col, t[col].cast(kinds[kind.rstrip("?")]))
+        setattr(raw, name, t)
+
+
+def _fill_empty_text(raw: RawTables, empty_text: str) -> dict[str, int]:
+    """Blank titles and comment texts become ``empty_text``; returns how many of each."""
+    counts = {}
+    for name, col, key in (("videos", "title", "empty_title"), ("comments", "text", "empty_comment_text")):
+        t = raw.table(name)
+        blank = _blank(t[col])
+        counts[key] = int(pc.sum(pc.fill_null(blank, False).cast(pa.int64())).as_py() or 0)
+        if counts[key]:
+            i = _first(blank)
+            log.warning("%s: %d rows with an empty %s kept with the text %r (first: %s)", raw.where(name),
+                        counts[key], col, empty_text, _row_label(raw, name, i))
+            filled = pc.if_else(pc.fill_null(blank, True), pa.scalar(empty_text, pa.string()), t[col].cast(pa.string()))
+            setattr(raw, name, t.set_column(t.schema.get_field_index(col), col, filled))
+    return counts
+
+
+def validate(raw: RawTables, timestamps: str = "strict", empty_text: str = "") -> tuple[RawTables, dict[str, int]]:
     """Check ``raw`` and drop recoverable problems.
 
     Args:
@@ -181,9 +305,14 @@ def validate(raw: RawTables, timestamps: str = "strict") -> tuple[RawTables, dic
     """
     if timestamps not in TIMESTAMP_MODES:
         raise ConfigError(f"data.timestamps={timestamps!r}: expected one of {', '.join(TIMESTAMP_MODES)}")
+    if not isinstance(empty_text, str):
+        raise ConfigError(f"data.empty_text={empty_text!r}: expected a string (quote it: \"data.empty_text='...'\")")
     raw.check_columns()
+    raw = RawTables(**{n: raw.table(n) for n in SCHEMA}, origin=dict(raw.origin), source=dict(raw.source))
+    _empty_types(raw)
     for name in SCHEMA:
         _check_values(raw, name)
+    raw.source["empty_text"] = _fill_empty_text(raw, empty_text)
     if timestamps == "strict":
         for name in ("video_interactions", "comment_interactions"):
             _check_time_order(raw, name)

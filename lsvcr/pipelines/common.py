@@ -49,7 +49,7 @@ def prepare(cfg: DictConfig, overwrite: bool = True) -> Path:
     t0 = time.perf_counter()
     raw = instantiate(cfg.data.reader, _convert_="all")
     t_read = time.perf_counter() - t0
-    raw, skipped = validate(raw, timestamps=cfg.data.timestamps)
+    raw, skipped = validate(raw, timestamps=cfg.data.timestamps, empty_text=cfg.data.get("empty_text", ""))
     t_valid = time.perf_counter() - t0 - t_read
     split = SplitConfig(**OmegaConf.to_container(cfg.data.split, resolve=True))
     write_dataset(raw, out, split, overwrite=overwrite, history_ties=cfg.data.get("history_ties", "exclude"), manifest_extra={
