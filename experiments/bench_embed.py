@@ -44,6 +44,12 @@ def output_dir() -> Path:
     return default_output_dir()
 
 
+def assets_dir() -> Path:
+    from lsvcr.assets import default_assets_dir
+
+    return default_assets_dir()
+
+
 def ml1m_texts(path: Path) -> list[str]:
     """``movie_title + " " + genre`` of every row of a RecBole ``ml-1m.item`` (tab-separated, typed header)."""
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--sources", nargs="+", default=["ml1m", "synthetic"], choices=["ml1m", "synthetic"])
-    ap.add_argument("--assets-dir", default=None, help="default $LSVCR_OUTPUT_DIR/assets")
+    ap.add_argument("--assets-dir", default=None, help="default $LSVCR_ASSETS_DIR (or $LSVCR_OUTPUT_DIR/assets)")
     ap.add_argument("--data-dir", default=None, help="prepared datasets (default $LSVCR_OUTPUT_DIR/data)")
     ap.add_argument("--batch-size", type=int, default=64, help="embed.batch_size (the stage's default)")
     ap.add_argument("--max-length", type=int, default=64, help="embed.max_length (the stage's default)")
@@ -153,7 +159,7 @@ def main(argv=None) -> int:
                     help="model.llm.dtype for both paths (bfloat16 pays off on CPUs with AMX / AVX512-BF16)")
     ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.assets_dir = args.assets_dir or str(output_dir() / "assets")
+    args.assets_dir = args.assets_dir or str(assets_dir())
     args.data_dir = args.data_dir or str(output_dir() / "data")
     if args.in_process or len(args.models) == 1:
         for model in args.models:

@@ -61,18 +61,23 @@ def test_registry_pins_every_wheel_and_names_the_presets():
 @pytest.mark.parametrize(("preset", "asset"), [("smollm2_135m", "smollm2-135m"), ("gemma3_270m", "gemma3-270m"),
                                                ("minilm_l6_v2", "minilm-l6-v2")])
 def test_model_presets_read_the_fetched_directory(preset, asset, monkeypatch, tmp_path):
-    """Each model asset's preset resolves to <paths.output_dir>/assets/<name>, absolute, and its
-    header gives the fetch command."""
+    """Each model asset's preset resolves to <paths.assets_dir>/<name> (default <output dir>/assets), the
+    directory `lsvcr-assets fetch` writes, and its header gives the fetch command."""
     from hydra import compose, initialize_config_dir
 
     from lsvcr.utils.resolvers import register
 
+    from lsvcr.assets import destination
+
     register()
+    monkeypatch.delenv("LSVCR_ASSETS_DIR", raising=False)
     monkeypatch.setenv("LSVCR_OUTPUT_DIR", str(tmp_path / "out"))
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["stage=embed", f"model/llm={preset}"])
-    llm = OmegaConf.to_container(cfg.model.llm, resolve=True)
-    assert llm["name_or_path"] == str(tmp_path / "out" / "assets" / asset) and llm["name"] == preset
+    for expected in (tmp_path / "out" / "assets" / asset, tmp_path / "elsewhere" / asset):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["stage=embed", f"model/llm={preset}"])
+        llm = OmegaConf.to_container(cfg.model.llm, resolve=True)
+        assert llm["name_or_path"] == str(expected) == str(destination(ASSETS[asset])) and llm["name"] == preset
+        monkeypatch.setenv("LSVCR_ASSETS_DIR", str(tmp_path / "elsewhere"))  # moves presets and fetch alike
     assert f"lsvcr-assets fetch {asset}" in (REPO / "conf" / "model" / "llm" / f"{preset}.yaml").read_text()
 
 
@@ -254,6 +259,7 @@ def test_gguf_parts_are_joined_checked_and_dequantised(tmp_path):
 
 
 def test_cli_list_and_errors_without_network(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LSVCR_ASSETS_DIR", raising=False)
     monkeypatch.setenv("LSVCR_OUTPUT_DIR", str(tmp_path / "out"))
     assert main(["list"]) == 0
     listed = capsys.readouterr().out

@@ -68,7 +68,7 @@ def test_pretrained_encoder_loads_a_directory_with_automodel(bundle, tmp_path):
 
 @pytest.mark.parametrize("preset", ["minilm_l6_v2", "tiny_encoder"])
 def test_encoder_presets_instantiate_without_loading_anything(preset):
-    cfg = OmegaConf.create({"paths": {"output_dir": "/outputs"}, "llm": OmegaConf.load(PRESETS / f"{preset}.yaml")}).llm
+    cfg = OmegaConf.create({"paths": {"assets_dir": "/outputs/assets"}, "llm": OmegaConf.load(PRESETS / f"{preset}.yaml")}).llm
     spec = instantiate(cfg)
     assert spec.causal is False and spec.name == preset and spec.padding_side == "right"
     if preset == "minilm_l6_v2":

@@ -148,8 +148,8 @@ EXPECTED_TARGETS = {
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED_TARGETS))
 def test_presets_instantiate_without_loading_anything(preset):
-    # presets of fetched models read ${paths.output_dir}: give them the root node they resolve against
-    cfg = OmegaConf.create({"paths": {"output_dir": "/outputs"}, "llm": OmegaConf.load(PRESETS / f"{preset}.yaml")}).llm
+    # presets of fetched models read ${paths.assets_dir}: give them the root node they resolve against
+    cfg = OmegaConf.create({"paths": {"assets_dir": "/outputs/assets"}, "llm": OmegaConf.load(PRESETS / f"{preset}.yaml")}).llm
     if preset == "hf":
         assert OmegaConf.is_missing(cfg, "name_or_path")
         cfg.name_or_path = "/models/some-llm"

