@@ -31,14 +31,18 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "experiments" / "real"
 RECBOLE = {"ml1m": {"recall@10": 0.2468, "ndcg@10": 0.1286, "mrr@10": 0.0929}}
 
-# (label, args); every run also gets data=<data>, seed=<s> and, for fine-tuning, the --extra overrides
-LSVCR = ["stage=finetune", "task=rec", "model/sr=lsvcr", "finetune.patience=3", "finetune.monitor=full/mrr@10",
-         "eval.protocols=[full]"]
+# (label, args); every run also gets data=<data>, seed=<s> and, for fine-tuning, the --extra overrides.
+# Sequence training (every position a target in one causal pass) with RecBole's recipe otherwise
+# (experiment=sasrec_recbole: full softmax, early stopping on validation MRR@10); LSVCR gets the
+# same recipe with its own model settings, its video stream alone (MovieLens has no comments) and
+# positions counted from the oldest item, which sequence training needs.
+SEQUENCES = ["stage=finetune", "experiment=sasrec_recbole", "finetune.train_on=sequences", "finetune.batch_size=128",
+             "finetune.sequence_stride=25", "optim.lr=1e-3"]
+LSVCR = [*SEQUENCES, "model/sr=lsvcr", "model.sr.position_align=start", "run_name=finetune-rec-lsvcr-${data.name}"]
 RUNS = [
     ("popularity", ["stage=evaluate", "task=rec", "model/sr=popularity", "eval.protocols=[full]"]),
     ("sasrec (samples)", ["stage=finetune", "experiment=sasrec_recbole"]),
-    ("sasrec (sequences)", ["stage=finetune", "experiment=sasrec_recbole", "finetune.train_on=sequences",
-                            "finetune.batch_size=128", "finetune.sequence_stride=25", "optim.lr=1e-3"]),
+    ("sasrec (sequences)", SEQUENCES),
     ("lsvcr (tiny LM)", [*LSVCR, "model/llm=tiny"]),
     ("lsvcr (MiniLM)", [*LSVCR, "model/llm=minilm_l6_v2"]),
     ("lsvcr (SmolLM2)", [*LSVCR, "model/llm=smollm2_135m", "model.llm.dtype=float32"]),

@@ -19,6 +19,7 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.data.errors import ConfigError
 from lsvcr.models.recommender import Recommender
+from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.models.sr.sasrec import SASRec
 
 L = 8  # a short window, so users' sequences need several
@@ -90,20 +91,66 @@ def test_ranks_split_the_windows(video_only):
         SequenceBatches(ds, samples, L, 0, 7, seed=1)
 
 
-def test_sliding_by_one_is_sample_training(video_only):
+def _sasrec(ds) -> Recommender:
+    return Recommender(SASRec(ds.num_videos, hidden_size=16, num_heads=2, inner_size=32, dropout=0.0,
+                              attn_dropout=0.0, max_position=L), None, None, None, 0.0)
+
+
+def _lsvcr(ds, id_text_weight: float = 0.0, dropout: float = 0.0) -> Recommender:
+    """LSVCR's video stream alone (as on a dataset without comments), positions from the oldest
+    item, random text tables (the comment table is padding only: the world has no comments)."""
+    g = torch.Generator().manual_seed(1)
+    sr = LSVCR(ds.num_videos, llm_emb_size=12, hidden_size=16, num_heads=2, inner_size=32, dropout=dropout,
+               attn_dropout=dropout, max_position=L, use_comment_history=False, position_align="start")
+    return Recommender(sr, torch.randn(ds.num_videos + 1, 12, generator=g), torch.zeros(ds.num_comments + 1, 12),
+                       None, id_text_weight)
+
+
+@pytest.mark.parametrize("build", [_sasrec, _lsvcr], ids=["sasrec", "lsvcr"])
+def test_sliding_by_one_is_sample_training(video_only, build):
     """With stride 1 and no dropout, the sequence loss over all windows equals the sample-wise
-    full-softmax loss over all training samples: same targets, same histories, same positions."""
+    full-softmax loss over all training samples: same targets, same histories, same positions
+    (LSVCR: its pooling over each prefix's causal states is the user representation of that
+    prefix's sample)."""
     ds = video_only
     samples = ds.samples("rec", "train")
     torch.manual_seed(0)
-    model = Recommender(SASRec(ds.num_videos, hidden_size=16, num_heads=2, inner_size=32, dropout=0.0,
-                               attn_dropout=0.0, max_position=L), None, None, None, 0.0).eval()
+    model = build(ds).eval()
     sb = SequenceBatches(ds, samples, L, 1, batch_size=10_000, seed=0)
     seq = model(sb.batch(np.arange(len(sb.w_start))))["loss"]
     tb = TrainBatches(ds, samples, HistoryGatherer(ds, L, L), "rec", 10_000, -1, seed=0)
     rec = model(next(iter(tb)))["loss"]
     assert len(tb) == 1
     torch.testing.assert_close(seq, rec, rtol=1e-5, atol=1e-5)
+
+
+def test_lsvcr_learns_on_sequences(video_only):
+    """LSVCR's video stream trained on windows, with dropout and its ID-text term: both losses fall,
+    and refusing a model whose prefixes are not the sequence's (comment stream, end positions)."""
+    ds = video_only
+    torch.manual_seed(0)
+    model = _lsvcr(ds, id_text_weight=0.1, dropout=0.1).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sb = SequenceBatches(ds, ds.samples("rec", "train"), L, 4, batch_size=32, seed=0)
+    means = []
+    for epoch in range(6):
+        sb.set_epoch(epoch)
+        losses = []
+        for batch in sb:
+            out = model(batch)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            losses.append([out["task_loss"].item(), out["id_text_loss"].item()])
+        means.append(np.mean(losses, axis=0))
+    first, last = means[0], means[-1]
+    assert last[0] < first[0] - 0.2 and last[1] < first[1], (first, last)
+    for kwargs in ({"use_comment_history": True}, {"position_align": "end"}):
+        sr = LSVCR(ds.num_videos, llm_emb_size=12, hidden_size=16, max_position=L,
+                   **{"use_comment_history": False, "position_align": "start", **kwargs})
+        assert not sr.trains_on_sequences
+        with pytest.raises(ValueError, match="trains on whole sequences only"):
+            sr.sequence_users(model.sequence_inputs(sb.batch(np.arange(4))))
 
 
 @pytest.mark.slow
@@ -124,6 +171,7 @@ def test_sasrec_on_sequences_beats_popularity(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["model/sr=lsvcr"], "finetune.train_on=sequences trains a causal SR on task=rec"),
+    (["model/sr=lsvcr", "model.sr.use_comment_history=false"], "model.sr.position_align=start"),
     (["model/sr=sasrec", "task.neg_num=9"], "set task.neg_num=-1"),
     (["model/sr=sasrec", "finetune.train_on=windows"], "finetune.train_on=windows: expected one of samples, sequences"),
 ])

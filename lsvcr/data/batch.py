@@ -98,10 +98,13 @@ class SequenceBatch:
         ids: ``[B, L]`` input videos, oldest first, right-padded with 0.
         labels: ``[B, L]`` the next video at each position, 0 where there is no loss (padding, or a
             position another window trains).
+        comments: ``[B, L]`` the hot comment shown with each input video (0 = none), as
+            :attr:`HistoryBatch.v_comment`; read by SRs with text inputs.
     """
 
     ids: torch.Tensor
     labels: torch.Tensor
+    comments: torch.Tensor
 
     def to(self, device) -> "SequenceBatch":
-        return SequenceBatch(self.ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+        return SequenceBatch(*(t.to(device, non_blocking=True) for t in (self.ids, self.labels, self.comments)))

@@ -21,6 +21,16 @@ def _ragged_index(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np
     return np.repeat(start, length) + offsets, rows
 
 
+def hot_comments(ds: PreparedDataset) -> np.ndarray:
+    """``[V+1]`` the hottest comment of each video (0 when it has none; video 0 is padding): the
+    comment shown with a video-history item."""
+    ptr = np.asarray(ds.video_comment_ptr)
+    has = ptr[1:] > ptr[:-1]
+    hot = np.zeros(len(ptr) - 1, np.int64)
+    hot[has] = np.asarray(ds.video_comments)[ptr[:-1][has]]
+    return hot
+
+
 class HistoryGatherer:
     """Builds the index form of both histories for rows of a :class:`SampleSet`.
 
@@ -38,11 +48,7 @@ class HistoryGatherer:
         self.max_video_len = max_video_len
         self.max_comment_len = max_comment_len
         self.pad_to_max = pad_to_max
-        # the hottest comment of each video (0 when it has none), shown with video-history items
-        ptr = np.asarray(ds.video_comment_ptr)
-        has = ptr[1:] > ptr[:-1]
-        self.hot_comment = np.zeros(len(ptr) - 1, np.int64)  # [V+1]; video 0 (padding) has none
-        self.hot_comment[has] = np.asarray(ds.video_comments)[ptr[:-1][has]]
+        self.hot_comment = hot_comments(ds)
 
     def __call__(self, samples: SampleSet, rows: np.ndarray) -> HistoryBatch:
         user = samples.user[rows].astype(np.int64)

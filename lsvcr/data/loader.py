@@ -12,7 +12,7 @@ import torch
 
 from lsvcr.data.batch import CommRankBatch, RecBatch, SequenceBatch
 from lsvcr.data.errors import ConfigError
-from lsvcr.data.history import HistoryGatherer, _ragged_index
+from lsvcr.data.history import HistoryGatherer, _ragged_index, hot_comments
 from lsvcr.data.store import PreparedDataset, SampleSet
 from lsvcr.metrics.candidates import sample_video_candidates
 
@@ -163,6 +163,7 @@ class SequenceBatches:
         timeline[_ragged_index(offset, pre_len)[0]] = np.asarray(ds.vi_video)[src]
         timeline[_ragged_index(offset + pre_len, sizes)[0]] = np.asarray(samples.target, np.int64)
         self.timeline = timeline
+        self.hot_comment = hot_comments(ds)
         lo = np.maximum(pre_len, 1)  # first label with an input before it
         self.dropped = int((pre_len == 0).sum())
         count = np.where(m > lo, -(-(m - lo) // stride), 0)
@@ -203,4 +204,4 @@ class SequenceBatches:
         ids[r, col] = self.timeline[flat]
         trained = col >= self.w_loss[rows][r]
         labels[r[trained], col[trained]] = self.timeline[flat[trained] + 1]
-        return SequenceBatch(torch.from_numpy(ids), torch.from_numpy(labels))
+        return SequenceBatch(torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(self.hot_comment[ids]))

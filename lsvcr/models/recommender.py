@@ -45,6 +45,15 @@ class Recommender(nn.Module):
     def inputs(self, history: HistoryBatch) -> SRInputs:
         return lookup_inputs(history, self.video_table, self.comment_table, self.projection)
 
+    def sequence_inputs(self, batch: SequenceBatch) -> SRInputs:
+        """:class:`SRInputs` of a sequence batch: its windows as video histories (with their hot
+        comments) and an empty comment history; ``target_*`` are the windows' first videos, unused
+        by :meth:`~lsvcr.models.sr.layers.SequentialRecommender.sequence_users`."""
+        ids, empty = batch.ids, batch.ids[:, :0]
+        history = HistoryBatch(v_video=ids, v_comment=batch.comments, c_video=empty, c_comment=empty.reshape(-1),
+                               c_slot=empty.reshape(-1), target=ids[:, 0], user=torch.zeros_like(ids[:, 0]))
+        return self.inputs(history)
+
     def _videos(self, ids: Tensor) -> Tensor:
         """Candidate video representations ``[..., d]`` for ``ids [...]``."""
         title = None if self.video_table is None else lookup_rows(self.video_table, ids, self.projection)
@@ -69,12 +78,12 @@ class Recommender(nn.Module):
         (A forward, not a helper method, so DDP's gradient hooks see it.)
         """
         if isinstance(batch, SequenceBatch):  # every labelled position: a softmax over every video
-            states = self.sr.sequence_states(batch.ids)
+            inputs = self.sequence_inputs(batch)
             trained = batch.labels > 0
-            loss = self.sr.rec_loss_full(states[trained], self._all_videos(), batch.labels[trained])
-            return {"loss": loss, "task_loss": loss}
-        inputs = self.inputs(batch.history)
-        if isinstance(batch, RecBatch):
+            users = self.sr.sequence_users(inputs)[trained]
+            task_loss = self.sr.rec_loss_full(users, self._all_videos(), batch.labels[trained])
+        elif isinstance(batch, RecBatch):
+            inputs = self.inputs(batch.history)
             user = self.sr.user_repr(inputs, "rec")
             if batch.candidates is None:
                 task_loss = self.sr.rec_loss_full(user, self._all_videos(), batch.history.target)
@@ -82,6 +91,7 @@ class Recommender(nn.Module):
                 reps = self._videos(batch.candidates)
                 task_loss = self.sr.rec_loss_sampled(user, reps[:, 0], reps[:, 1:])
         else:
+            inputs = self.inputs(batch.history)
             user = self.sr.user_repr(inputs, "comm_rank")
             reps = self.sr.comment_repr(lookup_rows(self.comment_table, batch.candidates, self.projection))
             task_loss = self.sr.comm_rank_loss(user, reps, batch.labels, batch.candidates > 0)

@@ -99,7 +99,8 @@ def _batches(cfg: DictConfig, ds, model: Recommender, gatherer: HistoryGatherer,
         return TrainBatches(ds, ds.samples(task, "train"), gatherer, task, f.batch_size, cfg.task.neg_num, cfg.seed,
                             rank, world)
     if task != "rec" or not model.sr.trains_on_sequences:
-        raise ConfigError(f"finetune.train_on=sequences trains a causal SR on task=rec (model/sr=sasrec); "
+        raise ConfigError(f"finetune.train_on=sequences trains a causal SR on task=rec (model/sr=sasrec, or "
+                          f"model/sr=lsvcr with model.sr.use_comment_history=false model.sr.position_align=start); "
                           f"not task={task} with model/sr={cfg.model.sr.name}")
     if cfg.task.neg_num != -1:
         raise ConfigError(f"finetune.train_on=sequences trains with a softmax over every video: set task.neg_num=-1 "

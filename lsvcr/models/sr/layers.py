@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lsvcr.losses.contrastive import multi_positive_ce
+from lsvcr.models.sr.inputs import SRInputs
 from lsvcr.models.sr.packing import Packing
 
 
@@ -277,9 +278,16 @@ class SequentialRecommender(nn.Module):
     temperature: float = 1.0
     #: whether the model reads text embeddings (False: ``lookup_inputs`` may be given no tables)
     uses_text: bool = True
-    #: whether the model has ``sequence_states`` (a causal state per position) and so can train on
-    #: whole sequences (``finetune.train_on=sequences``)
+    #: whether :meth:`sequence_users` works (a user representation after every position of a
+    #: sequence in one causal pass), so the model can train on whole sequences
+    #: (``finetune.train_on=sequences``)
     trains_on_sequences: bool = False
+
+    def sequence_users(self, inputs: SRInputs) -> Tensor:
+        """``[B, L, d]``: at position ``i`` of the right-padded video histories of ``inputs`` (no
+        comment history), the ``rec`` user representation of the history ``[:i+1]``, equal in
+        eval mode to :meth:`user_repr` of that prefix."""
+        raise ValueError(f"{type(self).__name__} cannot train on whole sequences")
 
     def scores(self, user: Tensor, candidates: Tensor) -> Tensor:
         """``user [B, d]`` against ``candidates [N, d]`` (shared) -> ``[B, N]``, or against

@@ -31,6 +31,7 @@ from lsvcr.models.sr.layers import (
     SequentialRecommender,
     TransformerEncoder,
     init_weights,
+    masked_softmax,
 )
 from lsvcr.models.sr.packing import Packing
 
@@ -273,6 +274,31 @@ class LSVCR(SequentialRecommender):
         else:
             out = self._query_readout(self._query(inputs), c, c_pack, inputs.c_mask)
         return F.normalize(out, dim=-1)
+
+    @property
+    def trains_on_sequences(self) -> bool:
+        """Whole-sequence training needs the video stream alone with positions counted from the
+        oldest item (``position_align=start``): then every prefix's states are the sequence's own."""
+        return not self.use_comment_history and self.position_align == "start" and not self.random_positions
+
+    def sequence_users(self, inputs: SRInputs) -> Tensor:
+        """``[B, L, d]`` normalised rec representation after every position of the video
+        histories: pooling over the causal states of each prefix (the score of a state depends on
+        its prefix only, so a prefix's softmax is the sequence's scores masked to it)."""
+        if not self.trains_on_sequences:
+            raise ValueError("LSVCR trains on whole sequences only with use_comment_history=False and "
+                             f"position_align='start' (got {self.use_comment_history}, {self.position_align!r})")
+        mask = inputs.v_mask
+        v_pack, _ = self._packings(inputs)
+        x = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, mask, v_pack, self.v_position,
+                               self.v_norm)
+        rows = self.video_encoder.forward_rows(x, v_pack, mask, causal=True)
+        states = v_pack.unpack(rows)  # [B, L, d]
+        scores = v_pack.unpack(self.pooling.score(rows).squeeze(-1))  # [B, L]
+        length = mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        weights = masked_softmax(scores.unsqueeze(1).expand(-1, length, -1), causal & mask.unsqueeze(1))
+        return F.normalize(weights @ states, dim=-1)
 
     # ---------------------------------------------------------------- fine-tuning extras
 

@@ -65,6 +65,10 @@ class SASRec(SequentialRecommender):
         last = (mask.sum(dim=1) - 1).clamp(min=0)
         return states[torch.arange(ids.shape[0], device=ids.device), last]
 
+    def sequence_users(self, inputs: SRInputs) -> Tensor:
+        """``[B, L, d]`` the causal state at every position (see :meth:`sequence_states`)."""
+        return self.sequence_states(inputs.v_ids)
+
     def sequence_states(self, ids: Tensor) -> Tensor:
         """The causal state at every position of right-padded ``ids [B, L]``: ``[B, L, d]``;
         position ``i`` has seen ``ids[:, :i+1]`` only, so it predicts the video after it."""
