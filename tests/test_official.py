@@ -1,5 +1,7 @@
-"""data=official keeps the files' own samples (data.splits): every prepared sample is compared
-with its file line; inconsistent files end in a counted skip or one clear error."""
+"""data=official keeps the files' own samples (data.splits) and imports their embedding tables
+(data.embeddings): every prepared sample is compared with its file line, every table row with
+the file's row of the same id; inconsistent files and broken tables end in a counted skip or one
+clear error."""
 
 from __future__ import annotations
 
@@ -14,20 +16,23 @@ import pytest
 
 from conftest import run_cli
 from lsvcr.data.builder import write_dataset
-from lsvcr.data.errors import DataError
+from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.official import read_official
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import SPLITS, TASKS, PreparedDataset
 from lsvcr.data.validate import validate
-from test_sources import comm_sample, sample, write_lines, write_official
+from test_sources import Exploit, comm_sample, sample, write_lines, write_official
+
+WIDTH = 8
+
 
 def official_world(root: Path, users: int = 10, seed: int = 0) -> Path:
     """Official files made the way the official data was: from one event log per user, a rec sample
     per video after the first and a comm_rank sample per comment group (histories strictly before
     it), the last of each user's samples in test and the second-last in val. Videos repeat and
     users comment on videos they did not watch; the pickles list ids in their own order, with a
-    comment that belongs to no video first (the reader drops it)."""
+    comment that belongs to no video first (the reader drops it), and both embedding tables exist."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     photos = {f"v{i}": {"title": f"title {i}", "comment_list": [f"k{i}_{j}" for j in range(0 if i % 5 == 0 else 2 + i % 3)]}
@@ -66,7 +71,16 @@ def official_world(root: Path, users: int = 10, seed: int = 0) -> Path:
     (root / "all_comments.pkl").write_bytes(pickle.dumps(["[PAD]", *comment_ids]))
     for (task, split), recs in files.items():
         write_lines(root / f"{task}.{split}.json", recs)
+    write_embs(root, len(photo_ids) + 1, len(comment_ids) + 1, seed)
     return root
+
+
+def write_embs(root: Path, n_photos: int, n_comments: int, seed: int = 0, width: int = WIDTH) -> None:
+    rng = np.random.default_rng(seed)
+    for name, rows in (("photo_embs.npy", n_photos), ("comment_embs.npy", n_comments)):
+        table = rng.normal(size=(rows, width)).astype(np.float32)
+        table[0] = 0
+        np.save(root / name, table)
 
 
 def prepare(root: Path, out: Path, **options) -> PreparedDataset:
@@ -256,6 +270,151 @@ def test_prepare_cli_records_the_split_source(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     manifests = [json.loads(p.read_text()) for p in sorted((out / "data").glob("official-*/manifest.json"))]
     assert sorted(m["split"]["method"] for m in manifests) == ["given", "loo"]
+    assert all(m["text_tables"]["dim"] == WIDTH for m in manifests)
     (root / "comm_rank.test.json").unlink()
     r = run_cli(["stage=prepare", "data=official", f"data.root={root}"], out)
     assert r.returncode == 2 and "missing comm_rank.test.json" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- embedding tables
+
+
+def _rows_by_id(root: Path, pkl: str, npy: str) -> dict[str, np.ndarray]:
+    ids = pickle.loads((root / pkl).read_bytes())
+    table = np.load(root / npy)
+    rows: dict[str, np.ndarray] = {}
+    for i, x in enumerate(ids[1:], start=1):
+        rows.setdefault(str(x), table[i])  # a repeated id is its first entry, as validation keeps it
+    return rows
+
+
+def _assert_tables_are_the_files_rows(ds: PreparedDataset, root: Path, video: np.ndarray, comment: np.ndarray):
+    for kind, table, pkl, npy in (("videos", video, "all_photos.pkl", "photo_embs.npy"),
+                                  ("comments", comment, "all_comments.pkl", "comment_embs.npy")):
+        rows = _rows_by_id(root, pkl, npy)
+        ids = ds.raw_ids(kind).to_pylist()
+        assert table.shape == (len(ids) + 1, WIDTH) and not np.asarray(table[0]).any()
+        np.testing.assert_array_equal(np.asarray(table[1:]), np.stack([rows[i] for i in ids]))
+
+
+def test_embedding_tables_are_imported_row_by_id(tmp_path):
+    root = official_world(tmp_path / "files")
+    # all_photos.pkl lists a video twice: validation keeps the first, so the later rows shift
+    ids = pickle.loads((root / "all_photos.pkl").read_bytes())
+    (root / "all_photos.pkl").write_bytes(pickle.dumps([*ids[:3], ids[2], *ids[3:]]))
+    write_embs(root, len(ids) + 1, len(pickle.loads((root / "all_comments.pkl").read_bytes())), seed=1)
+    ds = prepare(root, tmp_path / "ds")
+    info = ds.manifest["text_tables"]
+    assert info["dir"] == "embeddings/imported" and info["dim"] == WIDTH
+    assert info["video"]["rows"] == len(ids) + 1 and info["video"]["kept"] == len(ids) - 1 and info["video"]["reordered"]
+    assert info["comment"]["kept"] == info["comment"]["rows"] - 2 and info["comment"]["reordered"]  # orphan dropped
+    video = np.load(ds.root / info["dir"] / "videos.npy")
+    comment = np.load(ds.root / info["dir"] / "comments.npy")
+    _assert_tables_are_the_files_rows(ds, root, video, comment)
+    assert "orphan" not in ds.raw_ids("comments").to_pylist()
+    # the embed stage's own format, so its loader reads them
+    from lsvcr.models.llm.embed import load_embed_tables
+
+    manifest, arrays = load_embed_tables(ds.root / info["dir"])
+    assert set(arrays) == {"video", "comment"} and manifest["out_dim"] == WIDTH
+
+    off = prepare(root, tmp_path / "off", embeddings=False)
+    assert "text_tables" not in off.manifest and not (off.root / "embeddings").exists()
+
+
+@pytest.mark.parametrize("table,message", [
+    (np.zeros((3, WIDTH), np.float32), r"photo_embs\.npy: shape \(3, 8\), expected \(5, 8\): one row per entry of "
+                                       r".*all_photos\.pkl \(4 ids and the padding entry 0\)"),
+    (np.zeros(5, np.float32), r"photo_embs\.npy: shape \(5,\) float32, expected a 2-D float array of shape \(5, width\)"),
+    (np.zeros((5, WIDTH), np.int64), r"photo_embs\.npy: shape \(5, 8\) int64, expected a 2-D float array"),
+    (np.zeros((5, 4), np.float32), r"comment_embs\.npy: shape \(7, 8\), but .*photo_embs\.npy has shape \(5, 4\): "
+                                   r"both tables must have one width"),
+])
+def test_wrong_shaped_tables_are_one_clear_error(tmp_path, table, message):
+    root = write_official(tmp_path / "files")
+    write_embs(root, 5, 7)
+    np.save(root / "photo_embs.npy", table)
+    with pytest.raises(DataError, match=message):
+        read_official(root)
+
+
+def test_pickled_object_table_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    root = write_official(tmp_path / "files")
+    write_embs(root, 5, 7)
+    np.save(root / "comment_embs.npy", np.array([Exploit(marker)] * 7, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"comment_embs\.npy: not a numeric \.npy array .*pickled objects are refused"):
+        read_official(root)
+    (root / "comment_embs.npy").write_bytes(pickle.dumps(Exploit(marker)))  # a bare pickle under the .npy name
+    with pytest.raises(DataError, match=r"comment_embs\.npy: not a numeric \.npy array"):
+        read_official(root)
+    assert not marker.exists()
+
+
+def test_missing_table_nan_rows_and_bad_mode(tmp_path):
+    root = write_official(tmp_path / "files")
+    assert read_official(root).text_tables is None  # auto: neither file, stage=embed makes the tables
+    with pytest.raises(DataError, match=r"photo_embs\.npy: not found \(data\.embeddings=true\)"):
+        read_official(root, embeddings=True)
+    write_embs(root, 5, 7)
+    (root / "comment_embs.npy").unlink()
+    with pytest.raises(DataError, match=r"comment_embs\.npy: not found \(data\.embeddings=auto; photo_embs\.npy is "
+                                        r"there\).*or set data\.embeddings=false"):
+        read_official(root)
+    assert read_official(root, embeddings=False).text_tables is None
+    write_embs(root, 5, 7)
+    table = np.load(root / "comment_embs.npy")
+    table[4, 2] = np.nan
+    np.save(root / "comment_embs.npy", table)
+    with pytest.raises(DataError, match=r"comment_embs\.npy: row 4 \(all_comments\.pkl id 'c4'\) holds NaN or Inf"):
+        prepare(root, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+    with pytest.raises(ConfigError, match="data.embeddings='yes': expected auto"):
+        read_official(root, embeddings="yes")
+
+
+@pytest.mark.slow
+def test_finetune_and_evaluate_read_the_imported_tables_without_an_embed_stage(tmp_path):
+    root = official_world(tmp_path / "files", users=12)
+    data = ["data=official", f"data.root={root}", "eval.protocols=[sampled,full]", "data.max_phis_len=8",
+            "data.max_chis_len=8"]
+    fit = ["stage=finetune", "task=comm_rank", "model/sr=lsvcr", "finetune.batch_size=16", "finetune.monitor=full/ndcg@10"]
+    env = {"OMP_NUM_THREADS": "1"}
+    r = run_cli([*fit, "finetune.epochs=1", *data], tmp_path / "wrong", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "photo_embs.npy: shape (16, 8), model.sr.llm_emb_size=256 expects (16, 256); set embed.out_dim=8" in r.stderr
+
+    args = [*data, f"embed.out_dim={WIDTH}"]
+    r = run_cli([*fit, "finetune.epochs=2", *args], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "text tables: imported with the dataset" in r.stdout + r.stderr
+    [run] = sorted(tmp_path.glob("runs/*/*finetune-comm_rank-lsvcr"))
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["results"]["test"]["full"]["count"] > 0
+    [ds_dir] = list((tmp_path / "data").glob("official-*"))
+    assert [p.name for p in (ds_dir / "embeddings").iterdir()] == ["imported"]  # nothing encoded, no LLM built
+    assert not (ds_dir / "llm").exists()
+
+    r = run_cli(["stage=evaluate", "task=comm_rank", "model/sr=lsvcr", f"evaluate.checkpoint={run}", *args], tmp_path,
+                env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [evaluated] = sorted(tmp_path.glob("runs/*/*evaluate-comm_rank-lsvcr"))
+    again = json.loads((evaluated / "metrics.json").read_text())["results"]
+    for split, by_protocol in summary["results"].items():
+        for protocol, metrics in by_protocol.items():
+            assert again[split][protocol] == pytest.approx(metrics, rel=1e-6), (split, protocol)
+
+    # the model fine-tuning builds holds the files' rows of its own videos and comments
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from lsvcr.pipelines.common import load_dataset
+    from lsvcr.pipelines.finetune import build_recommender
+
+    overrides = [*fit, *args, f"paths.output_dir={tmp_path}", "paths.run_dir=/unused"]
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    ds = load_dataset(cfg)
+    assert ds.root == ds_dir
+    model = build_recommender(cfg, ds)
+    _assert_tables_are_the_files_rows(ds, root, model.video_table.numpy(), model.comment_table.numpy())

@@ -1,10 +1,11 @@
 """Reader for the files of the official LSVCR code (``photo.json``, ``comment.json``,
 ``all_photos.pkl``, ``all_comments.pkl``, ``rec.{train,val,test}.json``,
-``comm_rank.{train,val,test}.json``).
+``comm_rank.{train,val,test}.json``, and optionally ``photo_embs.npy`` / ``comment_embs.npy``).
 
 They carry no timestamps, so interactions are rebuilt with synthetic, order-preserving ones (see
 :func:`read_official`). The files' own samples are kept as the splits of both tasks
-(:mod:`lsvcr.data.official_splits`, ``data.splits=given``) or re-derived (``resplit``). Pickles
+(:mod:`lsvcr.data.official_splits`, ``data.splits=given``) or re-derived (``resplit``); the
+embedding tables become the dataset's text tables (:mod:`lsvcr.data.official_tables`). Pickles
 are read with an unpickler that builds only lists, tuples, ints and strings.
 """
 
@@ -221,12 +222,13 @@ def _official_comments(
     })
 
 
-def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table, pa.Table, int]:
+def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table, pa.Table, int, list, list]:
     """Videos in ``all_photos.pkl`` order and comments in ``all_comments.pkl`` order.
 
     A comment's video and popularity come from the ``comment_list`` that holds it (like_count =
     reverse rank: the most popular of ``m`` gets ``m``); comments listed nowhere take the video
-    of a comment history holding them (like_count 0) or are dropped. Returns the number dropped.
+    of a comment history holding them (like_count 0) or are dropped. Returns the two tables, the
+    number of comments dropped and both pickles' id lists (padding left out).
     """
     photo_ids, comment_ids = load_id_list(root / "all_photos.pkl"), load_id_list(root / "all_comments.pkl")
     photos, comments = _load_json_object(root / "photo.json"), _load_json_object(root / "comment.json")
@@ -241,7 +243,7 @@ def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table
     lists = [[str(c) for c in e.get("comment_list") or []] for e in entry]
     table = _official_comments(comment_ids, comments, photo_ids, lists, comment_video)
     known = pc.is_valid(table["video_id"])
-    return videos, table.filter(known), len(comment_ids) - pc.sum(known).as_py()
+    return videos, table.filter(known), len(comment_ids) - pc.sum(known).as_py(), photo_ids, comment_ids
 
 
 SPLIT_MODES = ("given", "resplit")
@@ -267,7 +269,8 @@ def _sample_files(root: Path, splits: str) -> list[Path]:
     return paths
 
 
-def read_official(root: str | Path, splits: str = "given") -> RawTables:
+def read_official(root: str | Path, splits: str = "given", embeddings: bool | str = "auto",
+                  photo_emb_file: str = "photo_embs.npy", comment_emb_file: str = "comment_embs.npy") -> RawTables:
     """Read the official LSVCR files and rebuild interactions with synthetic timestamps.
 
     The official files hold training samples, not event logs. Per user, one video sequence is
@@ -286,18 +289,21 @@ def read_official(root: str | Path, splits: str = "given") -> RawTables:
 
     ``splits="given"`` keeps the samples of ``rec.*`` and ``comm_rank.*`` as the splits
     (:class:`~lsvcr.data.official_splits.OfficialSplits`); ``"resplit"`` leaves them to
-    ``data.split``.
+    ``data.split``. ``embeddings`` (``"auto"``: when both files exist) imports ``photo_emb_file``
+    and ``comment_emb_file`` as the text tables (:mod:`lsvcr.data.official_tables`).
     """
     from lsvcr.data.official_splits import read_given_samples
+    from lsvcr.data.official_tables import read_official_tables
 
     root = _existing_dir(root)
     paths = _sample_files(root, splits)
     seqs = _longest_sequences(paths) if splits == "given" else _latest_samples(paths)
     # given: no repeated comment rows, so validation keeps every row the given histories point at
     video_inter, comment_inter, comment_video = _official_interactions(seqs, unique=splits == "given")
-    videos, comments, dropped = _official_items(root, comment_video)
+    videos, comments, dropped, photo_ids, comment_ids = _official_items(root, comment_video)
     if dropped:
         log.warning("%s: skipped %d comments that belong to no video's comment_list or history", root, dropped)
+    tables = read_official_tables(root, embeddings, photo_emb_file, comment_emb_file, photo_ids, comment_ids)
     given = read_given_samples(paths, seqs, comments, comment_inter) if splits == "given" else None
     samples = ", ".join(str(p) for p in paths)
     origin = {"videos": str(root / "photo.json"), "comments": str(root / "comment.json"),
@@ -305,4 +311,4 @@ def read_official(root: str | Path, splits: str = "given") -> RawTables:
     source = {"kind": "official", "root": str(root), "comments_without_video": dropped, "splits": splits,
               "timestamps": "reconstructed: per-user sequence positions 1..n, the files hold no times"}
     return RawTables(videos, comments, video_inter, comment_inter, origin=origin, source=source,
-                     given_samples=given)
+                     given_samples=given, text_tables=tables)
