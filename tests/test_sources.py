@@ -175,7 +175,26 @@ def sample(user, target, phis, chis_videos=(), chis_comments=()):
             "comment_inter_his": [list(chis_videos), [list(g) for g in chis_comments]]}
 
 
-def write_official(root, photos=None, samples=None):
+def comm_sample(user, target, phis, chis_videos=(), chis_comments=(), pos=()):
+    return {**sample(user, target, phis, chis_videos, chis_comments), "pos_comments": list(pos)}
+
+
+# comm_rank samples that fit the default rec samples of write_official: every history a prefix of
+# the user's sequence there, the positives comments of the target video
+COMM_RANK = {
+    "train": [comm_sample(7, "p2", ["p1"], pos=["c4"])],
+    "val": [comm_sample(7, "p1", ["p1", "p2"], ["p2"], [["c4"]], pos=["c1", "c2"])],
+    "test": [comm_sample(8, "p1", ["p2"], ["p2"], [["c4"]], pos=["c3"])],
+}
+
+
+def write_lines(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def write_official(root, photos=None, samples=None, comm_rank=None):
+    """The official code's files in ``root``: photo.json, comment.json, both pickles, and the
+    sample files of both tasks (``samples``: rec, ``comm_rank``: comm_rank, by split)."""
     root.mkdir(parents=True, exist_ok=True)
     photos = photos or {
         "p1": {"title": "t1", "comment_list": ["c1", "c2", "c3"]},
@@ -196,13 +215,16 @@ def write_official(root, photos=None, samples=None):
         # user 7's test sample: history p1 p2 p3, target p4; comments on p2, on p1 (later), on p4
         "test": [sample(7, "p4", ["p1", "p2", "p3"], ["p2", "p1", "p4"], [["c4"], ["c1", "c2"], ["c5"]])],
     }
-    for split, recs in samples.items():
-        (root / f"rec.{split}.json").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for task, by_split in (("rec", samples), ("comm_rank", comm_rank or COMM_RANK)):
+        for split, recs in by_split.items():
+            write_lines(root / f"{task}.{split}.json", recs)
     return root
 
 
-def test_official_reconstructs_ordered_interactions(tmp_path):
-    raw = read_official(write_official(tmp_path))
+@pytest.mark.parametrize("splits", ["given", "resplit"])
+def test_official_reconstructs_ordered_interactions(tmp_path, splits):
+    # the comm_rank samples fit the rec ones, so both modes rebuild the same interactions
+    raw = read_official(write_official(tmp_path), splits=splits)
     assert raw.videos.to_pylist() == [
         {"video_id": f"p{i}", "title": f"t{i}", "category": None} for i in range(1, 5)
     ]
@@ -230,16 +252,21 @@ def test_official_comments_popularity_and_video(tmp_path):
     assert raw.source["comments_without_video"] == 1
 
 
+class Exploit:
+    """Unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_official_pickle_with_a_global_is_refused_and_not_executed(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     root = write_official(tmp_path / "data")
     with open(root / "all_photos.pkl", "wb") as f:
-        pickle.dump(Exploit(), f)
+        pickle.dump(Exploit(marker), f)
     with pytest.raises(DataError, match=r"all_photos\.pkl: refusing to load '(posix|os|nt)\.system'"):
         read_official(root)
     assert not marker.exists()
@@ -274,10 +301,17 @@ def test_official_video_missing_from_photo_json(tmp_path):
 
 def test_official_needs_sample_files(tmp_path):
     root = write_official(tmp_path)
+    (root / "comm_rank.val.json").unlink()
+    with pytest.raises(DataError, match=r"missing comm_rank\.val\.json; data\.splits=given .* needs all six sample "
+                                        r"files \(data\.splits=resplit re-derives"):
+        read_official(root)
+    assert read_official(root, splits="resplit").video_interactions.num_rows == 6  # rec.*.json suffice there
     for split in ("train", "val", "test"):
         (root / f"rec.{split}.json").unlink()
     with pytest.raises(DataError, match="no rec.train.json, rec.val.json or rec.test.json"):
-        read_official(root)
+        read_official(root, splits="resplit")
+    with pytest.raises(ConfigError, match="data.splits='random': expected 'given'"):
+        read_official(root, splits="random")
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -144,8 +144,10 @@ def write_dataset(
 ) -> Path:
     """Index ``raw`` (already validated), build samples, and write everything under ``out_dir``.
 
-    Writes into a temporary sibling first and renames, so a crashed run never leaves a directory
-    that looks prepared.
+    Samples the source gives (``raw.given_samples``) replace the ones ``split`` would derive, and
+    text tables it gives (``raw.text_tables``) are written with the dataset. Writes into a
+    temporary sibling first and renames, so a crashed run never leaves a directory that looks
+    prepared.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -153,7 +155,10 @@ def write_dataset(
     t0 = time.perf_counter()
     world = index_world(raw)
     t_index = time.perf_counter() - t0
-    samples, sample_stats = build_samples(world.arrays, world.num_users, split, history_ties)
+    if raw.given_samples is not None:
+        samples, sample_stats = raw.given_samples.build(raw, world)
+    else:
+        samples, sample_stats = build_samples(world.arrays, world.num_users, split, history_ties)
     t_samples = time.perf_counter() - t0 - t_index
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -164,6 +169,7 @@ def write_dataset(
     for (task, part), s in samples.items():
         s.save(tmp / "samples" / f"{task}.{part}")
     _write_tables(raw, world.user_ids, tmp)
+    text_tables = raw.text_tables.write(raw, tmp) if raw.text_tables is not None else None
     counts = {
         "users": world.num_users,
         "videos": world.num_videos,
@@ -175,10 +181,11 @@ def write_dataset(
     write_manifest(tmp, {
         "counts": counts,
         "categories": world.categories,
-        "split": split.as_dict(),
+        "split": raw.given_samples.describe() if raw.given_samples is not None else split.as_dict(),
         "history_ties": history_ties,
         "sample_stats": sample_stats,
         "seconds": {"index": round(t_index, 3), "samples": round(t_samples, 3)},
+        **({"text_tables": text_tables} if text_tables is not None else {}),
         **(manifest_extra or {}),
     })
     if out_dir.exists():

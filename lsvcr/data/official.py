@@ -1,9 +1,12 @@
 """Reader for the files of the official LSVCR code (``photo.json``, ``comment.json``,
-``all_photos.pkl``, ``all_comments.pkl``, ``rec.{train,val,test}.json``).
+``all_photos.pkl``, ``all_comments.pkl``, ``rec.{train,val,test}.json``,
+``comm_rank.{train,val,test}.json``, and optionally ``photo_embs.npy`` / ``comment_embs.npy``).
 
 They carry no timestamps, so interactions are rebuilt with synthetic, order-preserving ones (see
-:func:`read_official`). Their pickles are read with an unpickler that builds only lists, tuples,
-ints and strings.
+:func:`read_official`). The files' own samples are kept as the splits of both tasks
+(:mod:`lsvcr.data.official_splits`, ``data.splits=given``) or re-derived (``resplit``); the
+embedding tables become the dataset's text tables (:mod:`lsvcr.data.official_tables`). Pickles
+are read with an unpickler that builds only lists, tuples, ints and strings.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import DataError
+from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import RawTables
 from lsvcr.data.sources import _existing_dir
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 OFFICIAL_SPLITS = ("train", "val", "test")  # chronological: a later split holds later targets
+OFFICIAL_TASKS = ("rec", "comm_rank")
 
 
 class _IdListUnpickler(pickle.Unpickler):
@@ -82,52 +86,110 @@ def _check_sample(rec: object, where: str) -> dict:
     return rec
 
 
-def _json_lines(path: Path) -> Iterator[dict]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, sample)`` of a sample file, each checked for the keys every task has
+    (``comm_rank.*`` files also for ``pos_comments``)."""
+    comm_rank = path.name.startswith("comm_rank.")
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            where = f"{path}: line {line_no}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {line_no}: invalid JSON ({e.msg})") from None
-            yield _check_sample(rec, f"{path}: line {line_no}")
+                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+            rec = _check_sample(rec, where)
+            if comm_rank and not isinstance(rec.get("pos_comments"), list):
+                raise DataError(f"{where}: 'pos_comments' must be a list of comment ids")
+            yield line_no, rec
 
 
-def _latest_samples(paths: Sequence[Path]) -> dict[str, dict]:
+#: per user: (video sequence, comment_inter_his) from which the interactions are rebuilt
+Sequences = dict[str, tuple[list[str], list]]
+
+
+def _latest_samples(paths: Sequence[Path]) -> Sequences:
     """Per user, the sample of the latest split with the longest video history (later lines
     win ties): its history plus target is the user's most complete sequence."""
     best: dict[str, tuple[tuple[int, int], dict]] = {}
     for rank, path in enumerate(paths):
-        for rec in _json_lines(path):
+        for _, rec in json_lines(path):
             user, key = str(rec["user_id"]), (rank, len(rec["photo_inter_his"]))
             if user not in best or key >= best[user][0]:
                 best[user] = (key, rec)
-    return {user: rec for user, (_, rec) in best.items()}
+    return {user: ([str(v) for v in rec["photo_inter_his"]] + [str(rec["target_photo"])], rec["comment_inter_his"])
+            for user, (_, rec) in best.items()}
 
 
-def _official_interactions(samples: dict[str, dict]) -> tuple[pa.Table, pa.Table, dict[str, str]]:
-    """Rebuild both interaction tables from one sample per user (see :func:`read_official`).
+def _longest_sequences(paths: Sequence[Path]) -> Sequences:
+    """Per user, the longest video sequence (a rec sample's history plus target, a comm_rank
+    sample's history) and the comment history with the most comments in any of ``paths``
+    (later files and lines win ties): every consistent sample is then a prefix of them."""
+    seqs: dict[str, tuple[int, list[str]]] = {}
+    chis: dict[str, tuple[int, list]] = {}
+    for path in paths:
+        rec_file = path.name.startswith("rec.")
+        for _, rec in json_lines(path):
+            user = str(rec["user_id"])
+            seq = [str(v) for v in rec["photo_inter_his"]] + ([str(rec["target_photo"])] if rec_file else [])
+            if len(seq) >= seqs.get(user, (-1,))[0]:
+                seqs[user] = (len(seq), seq)
+            n = sum(map(len, rec["comment_inter_his"][1]))
+            if n >= chis.get(user, (-1,))[0]:
+                chis[user] = (n, rec["comment_inter_his"])
+    return {user: (seq, chis[user][1]) for user, (_, seq) in seqs.items()}
+
+
+def comment_rows(seq: list[str], chis: list) -> tuple[list[tuple[str, str]], list[int]]:
+    """(group video, comment) of every comment interaction of ``chis`` in order, and its stamp
+    on the clock of the video sequence ``seq`` (see :func:`read_official`)."""
+    position = {v: i for i, v in enumerate(seq[:-1], start=1)}  # last occurrence wins
+    pairs: list[tuple[str, str]] = []
+    stamps: list[int] = []
+    time = 1
+    for video, group in zip(*chis):
+        video = str(video)
+        time = max(time, position.get(video, 0))
+        for comment in group:
+            pairs.append((video, str(comment)))
+            stamps.append(time)
+    return pairs, stamps
+
+
+def first_rows(pairs: list[tuple[str, str]], stamps: list[int]) -> list[bool]:
+    """Whether each comment row is the first with its (comment, stamp): a comment listed twice in
+    one visit is one interaction (validation would drop the second as a duplicate row)."""
+    seen: set[tuple[str, int]] = set()
+    first = []
+    for (_, comment), time in zip(pairs, stamps):
+        first.append((comment, time) not in seen)
+        seen.add((comment, time))
+    return first
+
+
+def _official_interactions(seqs: Sequences, unique: bool = False) -> tuple[pa.Table, pa.Table, dict[str, str]]:
+    """Rebuild both interaction tables from one sequence per user (see :func:`read_official`);
+    ``unique``: leave out comment rows that repeat an earlier one (:func:`first_rows`).
 
     Returns the two tables and comment -> video pairs seen in the comment histories.
     """
     vi: tuple[list, list, list] = ([], [], [])
     ci: tuple[list, list, list] = ([], [], [])
     comment_video: dict[str, str] = {}
-    for user, rec in samples.items():
-        seq = [str(v) for v in rec["photo_inter_his"]] + [str(rec["target_photo"])]
+    for user, (seq, chis) in seqs.items():
         vi[0].extend([user] * len(seq))
         vi[1].extend(seq)
         vi[2].extend(range(1, len(seq) + 1))
-        position = {v: i for i, v in enumerate(seq[:-1], start=1)}  # last occurrence wins
-        time = 1
-        for video, group in zip(*rec["comment_inter_his"]):
-            time = max(time, position.get(str(video), 0))
-            for comment in map(str, group):
-                ci[0].append(user)
-                ci[1].append(comment)
-                ci[2].append(time)
-                comment_video.setdefault(comment, str(video))
+        pairs, stamps = comment_rows(seq, chis)
+        keep = first_rows(pairs, stamps) if unique else [True] * len(pairs)
+        for (video, comment), time, kept in zip(pairs, stamps, keep):
+            if not kept:
+                continue
+            ci[0].append(user)
+            ci[1].append(comment)
+            ci[2].append(time)
+            comment_video.setdefault(comment, video)
     names = (["user_id", "video_id", "timestamp"], ["user_id", "comment_id", "timestamp"])
     types = [pa.string(), pa.string(), pa.int64()]
     tables = [pa.table([pa.array(c, t) for c, t in zip(cols, types)], names=n) for cols, n in zip((vi, ci), names)]
@@ -160,12 +222,13 @@ def _official_comments(
     })
 
 
-def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table, pa.Table, int]:
+def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table, pa.Table, int, list, list]:
     """Videos in ``all_photos.pkl`` order and comments in ``all_comments.pkl`` order.
 
     A comment's video and popularity come from the ``comment_list`` that holds it (like_count =
     reverse rank: the most popular of ``m`` gets ``m``); comments listed nowhere take the video
-    of a comment history holding them (like_count 0) or are dropped. Returns the number dropped.
+    of a comment history holding them (like_count 0) or are dropped. Returns the two tables, the
+    number of comments dropped and both pickles' id lists (padding left out).
     """
     photo_ids, comment_ids = load_id_list(root / "all_photos.pkl"), load_id_list(root / "all_comments.pkl")
     photos, comments = _load_json_object(root / "photo.json"), _load_json_object(root / "comment.json")
@@ -180,36 +243,72 @@ def _official_items(root: Path, comment_video: dict[str, str]) -> tuple[pa.Table
     lists = [[str(c) for c in e.get("comment_list") or []] for e in entry]
     table = _official_comments(comment_ids, comments, photo_ids, lists, comment_video)
     known = pc.is_valid(table["video_id"])
-    return videos, table.filter(known), len(comment_ids) - pc.sum(known).as_py()
+    return videos, table.filter(known), len(comment_ids) - pc.sum(known).as_py(), photo_ids, comment_ids
 
 
-def read_official(root: str | Path) -> RawTables:
+SPLIT_MODES = ("given", "resplit")
+
+
+def _sample_files(root: Path, splits: str) -> list[Path]:
+    """The sample files ``splits`` reads: every ``{rec,comm_rank}.{train,val,test}.json``
+    (``given``), or the ``rec.*.json`` ones present (``resplit``)."""
+    if splits not in SPLIT_MODES:
+        raise ConfigError(f"data.splits={splits!r}: expected 'given' (keep the files' samples) or 'resplit' "
+                          "(re-derive both tasks' splits from the reconstructed interactions, data.split)")
+    if splits == "resplit":
+        paths = [root / f"rec.{s}.json" for s in OFFICIAL_SPLITS if (root / f"rec.{s}.json").exists()]
+        if not paths:
+            raise DataError(f"{root}: no rec.train.json, rec.val.json or rec.test.json found")
+        return paths
+    paths = [root / f"{task}.{s}.json" for task in OFFICIAL_TASKS for s in OFFICIAL_SPLITS]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"{root}: missing {', '.join(missing)}; data.splits=given keeps the files' samples of both "
+                        "tasks and needs all six sample files (data.splits=resplit re-derives the splits from "
+                        "rec.*.json alone)")
+    return paths
+
+
+def read_official(root: str | Path, splits: str = "given", embeddings: bool | str = "auto",
+                  photo_emb_file: str = "photo_embs.npy", comment_emb_file: str = "comment_embs.npy") -> RawTables:
     """Read the official LSVCR files and rebuild interactions with synthetic timestamps.
 
-    The official files hold training samples, not event logs. Per user, the sample of the latest
-    split with the longest ``photo_inter_his`` gives the video sequence ``photo_inter_his +
-    [target_photo]``, stamped 1..n in that order. Its ``comment_inter_his`` gives the comment
-    interactions: group g gets ``t_g = max(t_{g-1}, p_g)`` with ``t_0 = 1``, where ``p_g`` is the
-    1-based position of the group's video in the video history (0 when absent). So a group on a
-    history video shares that video's stamp (the comment was made while watching it), a group on
-    another video takes the previous group's stamp, every stamp is below the target's (the whole
-    history stays visible to the last sample) and stamps never decrease. Equal stamps are
-    ordered by row, so the builder must sort stably. All ids are strings.
+    The official files hold training samples, not event logs. Per user, one video sequence is
+    stamped 1..n in its order: with ``splits="resplit"``, ``photo_inter_his + [target_photo]`` of
+    the latest ``rec`` split's sample with the longest ``photo_inter_his``, whose
+    ``comment_inter_his`` gives the comment interactions; with ``splits="given"`` the longest
+    video sequence and the longest comment history of any sample of either task (so that every
+    sample of consistent files is a prefix of them). Comment group g gets ``t_g = max(t_{g-1},
+    p_g)`` with ``t_0 = 1``, where ``p_g`` is the 1-based position of the group's video in the
+    sequence without its last video (0 when absent); with ``"given"`` a comment listed again at
+    the same stamp is one interaction. So a group on a history video shares that
+    video's stamp (the comment was made while watching it), a group on another video takes the
+    previous group's stamp, every stamp is below the last video's (the whole history stays
+    visible to the last sample) and stamps never decrease. Equal stamps are ordered by row, so
+    the builder must sort stably. All ids are strings.
+
+    ``splits="given"`` keeps the samples of ``rec.*`` and ``comm_rank.*`` as the splits
+    (:class:`~lsvcr.data.official_splits.OfficialSplits`); ``"resplit"`` leaves them to
+    ``data.split``. ``embeddings`` (``"auto"``: when both files exist) imports ``photo_emb_file``
+    and ``comment_emb_file`` as the text tables (:mod:`lsvcr.data.official_tables`).
     """
+    from lsvcr.data.official_splits import read_given_samples
+    from lsvcr.data.official_tables import read_official_tables
+
     root = _existing_dir(root)
-    paths = [root / f"rec.{s}.json" for s in OFFICIAL_SPLITS if (root / f"rec.{s}.json").exists()]
-    if not paths:
-        raise DataError(f"{root}: no rec.train.json, rec.val.json or rec.test.json found")
-    video_inter, comment_inter, comment_video = _official_interactions(_latest_samples(paths))
-    videos, comments, dropped = _official_items(root, comment_video)
+    paths = _sample_files(root, splits)
+    seqs = _longest_sequences(paths) if splits == "given" else _latest_samples(paths)
+    # given: no repeated comment rows, so validation keeps every row the given histories point at
+    video_inter, comment_inter, comment_video = _official_interactions(seqs, unique=splits == "given")
+    videos, comments, dropped, photo_ids, comment_ids = _official_items(root, comment_video)
     if dropped:
         log.warning("%s: skipped %d comments that belong to no video's comment_list or history", root, dropped)
+    tables = read_official_tables(root, embeddings, photo_emb_file, comment_emb_file, photo_ids, comment_ids)
+    given = read_given_samples(paths, seqs, comments, comment_inter) if splits == "given" else None
     samples = ", ".join(str(p) for p in paths)
     origin = {"videos": str(root / "photo.json"), "comments": str(root / "comment.json"),
               "video_interactions": samples, "comment_interactions": samples}
-    source = {"kind": "official", "root": str(root), "comments_without_video": dropped,
+    source = {"kind": "official", "root": str(root), "comments_without_video": dropped, "splits": splits,
               "timestamps": "reconstructed: per-user sequence positions 1..n, the files hold no times"}
-    return RawTables(videos, comments, video_inter, comment_inter, origin=origin, source=source)
-
-
-# ----------------------------------------------------------------------------- dispatch
+    return RawTables(videos, comments, video_inter, comment_inter, origin=origin, source=source,
+                     given_samples=given, text_tables=tables)

@@ -11,11 +11,18 @@ Columns (ids may be int64 or string; they are opaque keys):
 - ``video_interactions``: ``user_id``, ``video_id``, ``timestamp`` (int64)
 - ``comment_interactions``: ``user_id``, ``comment_id``, ``timestamp`` (int64); the video is the
   comment's own ``video_id``
+
+A source may also hand over what it already has in prepared form (the official LSVCR files):
+``given_samples`` (:class:`GivenSamples`, the files' splits, built instead of deriving splits from
+the interactions) and ``text_tables`` (:class:`GivenTables`, embedding tables written instead of
+running ``stage=embed``). Both act after validation and indexing, so they see the final indices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -43,6 +50,26 @@ def _type_ok(kind: str, typ: pa.DataType) -> bool:
     raise ValueError(kind)
 
 
+class GivenSamples(Protocol):
+    """Samples a source gives itself; :func:`lsvcr.data.builder.write_dataset` builds them instead
+    of splitting the interactions."""
+
+    def build(self, raw: "RawTables", world: Any) -> tuple[dict, dict]:
+        """``({(task, split): SampleSet}, stats)`` over the indexed world (``builder.Indexed``) of
+        the validated ``raw``."""
+
+    def describe(self) -> dict:
+        """What the manifest records as the split (``{"method": ..., ...}``)."""
+
+
+class GivenTables(Protocol):
+    """Text tables a source gives itself (written by :func:`lsvcr.data.builder.write_dataset`)."""
+
+    def write(self, raw: "RawTables", root: Path) -> dict:
+        """Write the tables for the items of the validated ``raw`` (in its row order = index order)
+        under the dataset directory ``root``; returns the manifest's ``text_tables`` entry."""
+
+
 @dataclass
 class RawTables:
     """The four raw tables of a world, plus where they came from (for error messages)."""
@@ -55,6 +82,10 @@ class RawTables:
     origin: dict[str, str] = field(default_factory=dict)
     #: free-form description of the source, stored in the manifest
     source: dict = field(default_factory=dict)
+    #: samples given by the source (see :class:`GivenSamples`); None: derive them (``data.split``)
+    given_samples: GivenSamples | None = None
+    #: text tables given by the source (see :class:`GivenTables`); None: ``stage=embed`` makes them
+    text_tables: GivenTables | None = None
 
     def table(self, name: str) -> pa.Table:
         return getattr(self, name)

@@ -65,7 +65,8 @@ class SampleSet:
     """Samples of one task and split, one row each.
 
     ``vi_end`` / ``ci_end`` are exclusive global offsets into ``vi_*`` / ``ci_*``: the user's
-    history is ``[vi_ptr[user], vi_end)``, i.e. every interaction strictly before ``time``.
+    history is ``[vi_ptr[user], vi_end)``, i.e. every interaction strictly before ``time`` (for the
+    samples a source gives, :mod:`lsvcr.data.official_splits`, the given histories instead).
     For ``comm_rank``, the positives of sample i are ``pos[pos_ptr[i]:pos_ptr[i+1]]`` (comment
     indices under ``target``); for ``rec`` ``pos_ptr``/``pos`` are empty.
     """

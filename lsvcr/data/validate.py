@@ -23,6 +23,7 @@ pass, so KuaiComt-sized tables (tens of millions of rows) are fine.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -308,7 +309,7 @@ def validate(raw: RawTables, timestamps: str = "strict", empty_text: str = "") -
     if not isinstance(empty_text, str):
         raise ConfigError(f"data.empty_text={empty_text!r}: expected a string (quote it: \"data.empty_text='...'\")")
     raw.check_columns()
-    raw = RawTables(**{n: raw.table(n) for n in SCHEMA}, origin=dict(raw.origin), source=dict(raw.source))
+    raw = replace(raw, origin=dict(raw.origin), source=dict(raw.source))  # a copy: the caller's stays as read
     _empty_types(raw)
     for name in SCHEMA:
         _check_values(raw, name)
@@ -321,4 +322,4 @@ def validate(raw: RawTables, timestamps: str = "strict", empty_text: str = "") -
         if count:
             name, what = REASONS[reason]
             log.warning("%s: skipped %d %s (%s)", raw.where(name), count, what, reason)
-    return RawTables(**tables, origin=dict(raw.origin), source=dict(raw.source)), counts
+    return replace(raw, **tables, origin=dict(raw.origin), source=dict(raw.source)), counts

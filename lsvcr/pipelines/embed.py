@@ -8,7 +8,10 @@ The tables live in :func:`tables_dir` (``<prepared dataset>/embeddings/<llm>-<fi
 ``videos.npy`` ``[V+1, out_dim]``, ``comments.npy`` ``[C+1, out_dim]`` (row 0 = padding), optionally
 ``videos_hidden.npy`` / ``comments_hidden.npy`` with the raw pooled LLM states, and
 ``embed_manifest.json``, written last, so a directory with a manifest is complete. A directory that
-is already complete is reused (:func:`ensure_tables`, which ``stage=finetune`` calls too).
+is already complete is reused (:func:`ensure_tables`, which ``stage=finetune`` calls too). A dataset
+whose reader imported its text tables (``data=official``'s ``photo_embs.npy`` / ``comment_embs.npy``,
+manifest key ``text_tables``) carries them in that layout, and they are used instead: nothing is
+encoded (:func:`imported_tables`).
 
 With ``torch.distributed`` initialised every rank encodes its shard of the length-sorted batches,
 then rank 0 merges the shards and writes the manifest; one process is the ``world = 1`` case.
@@ -74,8 +77,16 @@ def tables_fingerprint(cfg: DictConfig) -> str:
     })
 
 
+def imported_tables(ds: PreparedDataset) -> dict | None:
+    """The manifest entry of the text tables ``ds`` carries (imported by its reader), or None."""
+    return ds.manifest.get("text_tables")
+
+
 def tables_dir(cfg: DictConfig, ds: PreparedDataset) -> Path:
-    """``embed.out_dir`` if set, else ``<ds.root>/embeddings/<llm name>-<fingerprint>``."""
+    """The imported tables of ``ds``, else ``embed.out_dir`` if set, else
+    ``<ds.root>/embeddings/<llm name>-<fingerprint>``."""
+    if imported_tables(ds):
+        return ds.root / imported_tables(ds)["dir"]
     if cfg.embed.get("out_dir"):
         return Path(cfg.embed.out_dir)
     return ds.root / "embeddings" / f"{cfg.model.llm.name}-{tables_fingerprint(cfg)}"
@@ -158,8 +169,36 @@ def ensure_tables(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.
     return video, comment, manifest
 
 
+def _check_imported(cfg: DictConfig, info: dict) -> None:
+    """The imported tables fit this run: no conflicting embed settings, and the SR's input width
+    (a wider table needs an alignment run's ``llm_emb_mlp``, which ``finetune.init_from`` checks)."""
+    files = f"{info['video']['file']} and {info['comment']['file']}"
+    if cfg.embed.get("out_dir"):
+        raise ConfigError(f"embed.out_dir={cfg.embed.out_dir}: this dataset's text tables are imported from {files} "
+                          "(data.embeddings); set data.embeddings=false to use other tables")
+    if cfg.embed.hidden_table:
+        raise ConfigError(f"embed.hidden_table=true: this dataset's text tables are imported from {files} "
+                          "(data.embeddings) and have no hidden-size tables; set data.embeddings=false to encode "
+                          "the texts with model/llm")
+    if _init_from(cfg):
+        log.warning("finetune.init_from=%s: its LLM does not make the text tables, they are imported from %s "
+                    "(set data.embeddings=false to encode the texts with it)", _init_from(cfg), files)
+        return
+    width = OmegaConf.select(cfg, "model.sr.llm_emb_size", default=None)
+    if width is not None and int(width) != info["dim"]:
+        rows = info["video"]["rows"]
+        raise ConfigError(f"{info['video']['file']}: shape ({rows}, {info['dim']}), model.sr.llm_emb_size={width} "
+                          f"expects ({rows}, {width}); set embed.out_dim={info['dim']} (model.sr.llm_emb_size "
+                          "follows it) or import tables of that width")
+
+
 def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray, dict, bool]:
     out = tables_dir(cfg, ds)
+    if imported_tables(ds):
+        _check_imported(cfg, imported_tables(ds))
+        log.info("text tables: imported with the dataset, %s", out)
+        manifest, arrays = load_embed_tables(out)
+        return arrays["video"], arrays["comment"], manifest, False
     rank, world = distributed.rank_and_world()
     found = _load_complete(out, cfg, ds) if rank == 0 else None
     build = [found is None]
