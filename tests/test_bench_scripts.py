@@ -15,6 +15,7 @@ def load_experiment(name: str):
     """``experiments/<name>.py`` as a module (the folder is not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -56,3 +57,40 @@ def test_bench_embed_skips_a_missing_model_dir(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "minilm: skipped, no model directory" in done.stdout and "lsvcr-assets fetch minilm-l6-v2" in done.stdout
+
+
+def test_bench_kuaicomt_prepares_what_it_generated(tmp_path):
+    """The script at a tiny size: files in the release's schema and proportions, and a printed
+    line whose counts are those of the generated files (and of the prepared manifest)."""
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    bench_kuaicomt = load_experiment("bench_kuaicomt")
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_kuaicomt.py"), "--video-rows", "2000",
+                           "3000", "--work-dir", str(tmp_path), "--keep-files"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("video rows 2,000: ")]
+    assert "EXTRAPOLATED, not measured (linear fit over 2 sizes" in done.stdout and "119,696,682 video rows" in done.stdout
+
+    root = tmp_path / "rows2000" / "kuaicomt"
+    sz = bench_kuaicomt.Sizes.scaled(2000)
+    vi = pacsv.read_csv(root / "user_video_inter.csv")
+    ci = pacsv.read_csv(root / "user_comment_inter.csv")
+    assert vi.column_names == bench_kuaicomt.VIDEO_COLUMNS and vi.num_rows == 2000
+    assert ci.column_names == ["user_id", "comment_id", "time_stamp", "photo_id", "is_like", "is_reply"]
+    assert pacsv.read_csv(root / "comment_features.csv").num_rows == sz.comments == round(16_352_904 * 2000 / 119_696_682)
+    assert pacsv.read_csv(root / "video_features.csv").num_rows == sz.videos and ci.num_rows == sz.comment_rows
+    kept = vi.filter(pc.or_(pc.greater(vi["long_view"], 0), pc.greater(vi["is_like"], 0)))
+    users = len(set(kept["user_id"].to_pylist()) | set(ci["user_id"].to_pylist()))
+    expected = (f"prepared {users:,} users, {sz.videos:,} videos, {sz.comments:,} comments, {kept.num_rows:,} video / "
+                f"{ci.num_rows:,} comment interactions (signal-filtered {{'comment_interactions': 0, "
+                f"'video_interactions': {2000 - kept.num_rows}}}, skipped {{}})")
+    assert line.endswith(expected), line
+    assert 0 < kept.num_rows < 2000  # the signal filter did something
+
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "rows2000" / "out").glob("runs/*/*/prepare.json")]
+    rss = float(line.split("peak RSS ")[1].split(" MB")[0].replace(",", ""))
+    assert summary["counts"]["video_interactions"] == kept.num_rows and 100 < rss < 4000

@@ -93,6 +93,26 @@ def test_no_time_leakage(tmp_path, method):
         assert ds.samples("rec", "train").time.max() < ds.samples("rec", "test").time.min()
 
 
+def test_samples_do_not_depend_on_how_far_apart_times_are(tmp_path):
+    """Times 2^57 apart overflow the one-int64 (user, time) key, so samples fall back to dense time
+    ranks; the samples must be those of the same world with small times."""
+    small = tiny_raw()
+    far = tiny_raw()
+    for name in ("video_interactions", "comment_interactions"):
+        t = far.table(name)
+        setattr(far, name, t.set_column(t.schema.get_field_index("timestamp"), "timestamp",
+                                        pa.compute.multiply(t["timestamp"], 2**57)))
+    a = PreparedDataset(write_dataset(small, tmp_path / "small", SplitConfig("loo")))
+    b = PreparedDataset(write_dataset(far, tmp_path / "far", SplitConfig("loo")))
+    for task in ("rec", "comm_rank"):
+        for part in ("train", "val", "test"):
+            x, y = a.samples(task, part), b.samples(task, part)
+            for f in ("user", "target", "vi_end", "ci_end", "pos_ptr", "pos"):
+                assert np.array_equal(getattr(x, f), getattr(y, f)), (task, part, f)
+            assert np.array_equal(x.time * 2**57, y.time)
+    assert len(a.samples("rec", "train")) and len(a.samples("comm_rank", "train"))
+
+
 def test_history_gatherer_caps_and_groups(ds):
     from lsvcr.data.history import HistoryGatherer
 

@@ -167,6 +167,62 @@ def test_kuaicomt_missing_file(tmp_path):
         read_kuaicomt(write_files(tmp_path, files))
 
 
+# ----------------------------------------------------------------------------- reading in blocks
+
+# 3,000 impressions of 3 users: every third one a long view, every 100th also a like
+VI_LOG = "user_id,video_id,p_hourmin,time_ms,is_click,is_like,long_view,play_time_ms\n" + "".join(
+    f"{1 + i % 3},{101 + i % 2},1500,{1696141175000 + 7 * i}.0,1,{int(i % 100 == 0)},{int(i % 3 == 0)},10\n"
+    for i in range(3000))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 2 KB (~45 rows of VI_LOG), so one file is many blocks, as a large file is."""
+    monkeypatch.setattr("lsvcr.data.sources.BLOCK_SIZE", 2048)
+
+
+def test_blocks_give_the_whole_file_read(tmp_path, monkeypatch):
+    files = {**KUAICOMT, "user_video_inter.csv": VI_LOG}
+    whole = read_kuaicomt(write_files(tmp_path / "a", files))  # 4 MB blocks: one block
+    monkeypatch.setattr("lsvcr.data.sources.BLOCK_SIZE", 2048)
+    blocks = read_kuaicomt(write_files(tmp_path / "b", files))
+    assert blocks.video_interactions.num_columns == 4 and blocks.video_interactions["user_id"].num_chunks > 10
+    assert blocks.video_interactions.to_pylist() == whole.video_interactions.to_pylist()
+    kept = [i for i in range(3000) if i % 3 == 0 or i % 100 == 0]
+    assert blocks.video_interactions[ROW_COLUMN].to_pylist() == [i + 1 for i in kept]
+    assert blocks.source["signal_filtered"]["video_interactions"] == 3000 - len(kept)
+
+
+def test_seconds_named_times_take_their_unit_from_the_whole_file(tmp_path, small_blocks):
+    # seconds throughout, but the last row (filtered out: no flag) holds milliseconds: as before the
+    # file read in blocks, one value past 1e11 means the column is in ms (nothing is scaled)
+    rows = "".join(f"1,501,{1696421927 + i},101,1,0\n" for i in range(300)) + "1,501,1696421927999,101,0,0\n"
+    files = {**KUAICOMT, "user_comment_inter.csv": "user_id,comment_id,time_stamp,photo_id,is_like,is_reply\n" + rows}
+    ci = read_kuaicomt(write_files(tmp_path, files)).comment_interactions
+    assert ci.num_rows == 300 and ci["timestamp"][0].as_py() == 1696421927
+
+
+def test_an_id_turning_non_numeric_in_a_later_block_makes_string_ids(tmp_path, small_blocks):
+    files = {**KUAICOMT, "user_video_inter.csv": VI_LOG + "anon,101,1500,1696141199000.0,1,0,1,10\n"}
+    raw = read_kuaicomt(write_files(tmp_path, files))
+    vi = raw.video_interactions
+    assert vi["user_id"].type == pa.string() and vi["user_id"].to_pylist()[-1] == "anon"
+    assert vi.num_rows == 1021 and vi[ROW_COLUMN].to_pylist()[-1] == 3001
+    assert raw.source["signal_filtered"]["video_interactions"] == 1980  # counted once, not per pass
+
+
+def test_blocks_keep_the_truncated_last_line_rule_and_row_numbers_of_errors(tmp_path, small_blocks):
+    files = {**KUAICOMT, "user_video_inter.csv": VI_LOG + "3,101,1500,16961"}
+    raw = read_kuaicomt(write_files(tmp_path / "cut", files))
+    path = str(tmp_path / "cut" / "user_video_inter.csv")
+    assert raw.source["read_skips"] == {path: {"truncated_last_line": 3002}}
+    lines = VI_LOG.splitlines(keepends=True)
+    lines[2500] = "3,101,1500\n"  # data row 2500, far past the first block
+    files = {**KUAICOMT, "user_video_inter.csv": "".join(lines)}
+    with pytest.raises(DataError, match=r"user_video_inter\.csv: row 2500 \(line 2501\): Expected 8 columns, got 3"):
+        read_kuaicomt(write_files(tmp_path / "bad", files))
+
+
 # ----------------------------------------------------------------------------- official
 
 

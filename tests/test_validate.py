@@ -130,6 +130,23 @@ def test_recoverable_problems_are_skipped_and_counted(caplog):
     assert "data/videos.parquet: skipped 1 videos whose video_id repeats" in caplog.records[0].getMessage()
 
 
+def test_duplicates_are_found_exactly_when_every_hash_collides(monkeypatch):
+    """_dedupe groups only rows sharing a key hash; with every hash equal it groups all rows and
+    must still drop exactly the repeated keys (nulls equal to each other), keeping the first."""
+    import numpy as np
+
+    monkeypatch.setattr("lsvcr.data.validate._row_hashes", lambda t, keys: np.zeros(t.num_rows, np.uint64))
+    from lsvcr.data.validate import _dedupe
+
+    t = pa.table({"user_id": ["u1", "u2", "u1", "u1", None, None], "video_id": [1, 1, 1, 2, 3, 3],
+                  "timestamp": [5, 5, 5, 5, 7, 7]})
+    out, dropped = _dedupe(t, ["user_id", "video_id", "timestamp"])
+    assert dropped == 2 and out.to_pylist() == t.take([0, 1, 3, 4]).to_pylist()
+    clean = t.take([0, 1, 3, 4])
+    same, none = _dedupe(clean, ["user_id", "video_id", "timestamp"])
+    assert none == 0 and same is clean  # nothing to drop: the table itself, no copy
+
+
 def test_ids_of_different_integer_and_string_types_are_matched():
     videos = {"video_id": pa.array([1, 2], pa.int32()), "title": ["a", "b"]}
     comments = {"comment_id": ["10"], "video_id": pa.array([2], pa.int64()), "text": ["p"], "like_count": [0]}

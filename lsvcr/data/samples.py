@@ -45,29 +45,55 @@ class SplitConfig:
 
 
 def _owner(ptr: np.ndarray) -> np.ndarray:
-    """Row -> owner index for a CSR pointer ``[n+2]``."""
-    return np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    """Row -> owner index (int32) for a CSR pointer ``[n+2]``."""
+    return np.repeat(np.arange(len(ptr) - 1, dtype=np.int32), np.diff(ptr))
 
 
-def _assign_split(pos: np.ndarray, count: np.ndarray, t: np.ndarray, split: SplitConfig, thresholds) -> np.ndarray:
-    """0 = train, 1 = val, 2 = test for each sample (``pos``: its rank among its user's samples)."""
+def _groups(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and size of each run of equal ``owner`` values (rows grouped by owner)."""
+    n = len(owner)
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if n else np.zeros(0, np.int64)
+    return starts, np.diff(np.r_[starts, n])
+
+
+def _assign_split(starts: np.ndarray, sizes: np.ndarray, t: np.ndarray, split: SplitConfig, thresholds) -> np.ndarray:
+    """0 = train, 1 = val, 2 = test for each sample; ``starts``/``sizes``: the users' runs of samples."""
     if split.method == "loo":
-        part = np.zeros(len(pos), np.int8)
-        enough = count >= 3
-        part[enough & (pos == count - 2)] = 1
-        part[enough & (pos == count - 1)] = 2
+        part = np.zeros(len(t), np.int8)
+        ends = (starts + sizes)[sizes >= 3]
+        part[ends - 2] = 1
+        part[ends - 1] = 2
         return part
     t_val, t_test = thresholds
     return np.where(t >= t_test, 2, np.where(t >= t_val, 1, 0)).astype(np.int8)
 
 
-def _rank_within(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows grouped by ``owner`` (contiguous): the row's rank in its group and the group size."""
-    n = len(owner)
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if n else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, n])
-    first = np.repeat(starts, sizes)
-    return np.arange(n) - first, np.repeat(sizes, sizes)
+def _time_keys(vi_user, vi_time, ci_user, ci_time) -> tuple[np.ndarray, np.ndarray]:
+    """One int64 per interaction that orders like (user, time), for both streams.
+
+    ``user * span + (time - first time)`` when it fits in 62 bits (any real log: 35 days of
+    milliseconds times 10^5 users is 3e14), else dense time ranks (sorting every time once)."""
+    both = [t for t in (vi_time, ci_time) if len(t)]
+    lo = min(int(t.min()) for t in both) if both else 0
+    span = (max(int(t.max()) for t in both) - lo + 1) if both else 1
+    users = max([int(u.max()) + 1 for u in (vi_user, ci_user) if len(u)] or [1])
+    if users * span < 2**62:
+        return (vi_user.astype(np.int64) * span + (vi_time - lo), ci_user.astype(np.int64) * span + (ci_time - lo))
+    times = np.unique(np.concatenate([vi_time, ci_time]))
+    stride = len(times) + 1
+    return (vi_user.astype(np.int64) * stride + np.searchsorted(times, vi_time),
+            ci_user.astype(np.int64) * stride + np.searchsorted(times, ci_time))
+
+
+def _run_starts(key: np.ndarray) -> np.ndarray:
+    """For a sorted ``key``: the index of the first element equal to each element (int64)."""
+    n = len(key)
+    first = np.zeros(n, np.int64)
+    if n:
+        new = np.r_[True, key[1:] != key[:-1]]
+        first[new] = np.flatnonzero(new)
+        np.maximum.accumulate(first, out=first)
+    return first
 
 
 HISTORY_TIES = ("exclude", "sorted_order")
@@ -80,35 +106,44 @@ def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig, 
     history (strictly earlier only); ``"sorted_order"`` puts every interaction sorted before it in
     (ties in file order: RecBole's sequences). Comment histories are strictly earlier either way.
 
+    Memory: a few arrays per video interaction (the samples themselves, one int64 key); nothing
+    is sorted or searched at the size of the video interactions (histories end where a run of
+    equal keys starts).
+
     Returns ``({(task, split): SampleSet}, stats)``.
     """
     if history_ties not in HISTORY_TIES:
         raise ConfigError(f"data.history_ties={history_ties!r}: expected one of {', '.join(HISTORY_TIES)}")
     vi_user, ci_user = _owner(a["vi_ptr"]), _owner(a["ci_ptr"])
-    # dense time ranks make (user, time) one sortable int64 key without overflow
-    times = np.unique(np.concatenate([a["vi_time"], a["ci_time"]]))
-    stride = len(times) + 1
-    vi_key = vi_user * stride + np.searchsorted(times, a["vi_time"])
-    ci_key = ci_user * stride + np.searchsorted(times, a["ci_time"])
+    vi_key, ci_key = _time_keys(vi_user, a["vi_time"], ci_user, a["ci_time"])
     thresholds = None
     if split.method == "time":
         q = np.quantile(a["vi_time"], [1 - split.val_frac - split.test_frac, 1 - split.test_frac])
         thresholds = (int(np.ceil(q[0])), int(np.ceil(q[1])))
-
-    stats: dict[str, int] = {}
-    out: dict[tuple[str, str], SampleSet] = {}
-
+    cr, pos_ptr, pos = _comm_rank_columns(a, ci_user, ci_key, vi_key, num_users)
     # rec: every video interaction is a target
     rec = dict(
-        user=vi_user.astype(np.int32), target=a["vi_video"].astype(np.int32), time=a["vi_time"],
-        vi_end=np.searchsorted(vi_key, vi_key, "left") if history_ties == "exclude" else np.arange(len(vi_key)),
+        user=vi_user, target=a["vi_video"].astype(np.int32, copy=False), time=a["vi_time"],
+        vi_end=_run_starts(vi_key) if history_ties == "exclude" else np.arange(len(vi_key)),
         ci_end=np.searchsorted(ci_key, vi_key, "left"),
     )
-    pos, count = _rank_within(vi_user)
-    part = _assign_split(pos, count, a["vi_time"], split, thresholds)
+    del vi_key
+    part = _assign_split(*_groups(vi_user), a["vi_time"], split, thresholds)
+    del vi_user  # rec holds it; _emit drops each of rec's columns once split
+    stats: dict[str, int] = {}
+    out: dict[tuple[str, str], SampleSet] = {}
     _emit("rec", rec, part, a, None, None, out, stats)
+    _emit("comm_rank", cr, _assign_split(*_groups(cr["user"]), cr["time"], split, thresholds), a, pos_ptr, pos,
+          out, stats)
+    for k, v in stats.items():
+        if v:
+            log.info("samples: %s = %d", k, v)
+    return out, stats
 
-    # comm_rank: one sample per (user, video) group, at its first comment interaction
+
+def _comm_rank_columns(a, ci_user, ci_key, vi_key, num_users):
+    """comm_rank samples: one per (user, video) group, at its first comment interaction;
+    positives = the distinct comments of the group. Returns (columns, pos_ptr, pos)."""
     new_user = np.r_[True, ci_user[1:] != ci_user[:-1]]
     opens = new_user | np.r_[True, a["ci_ngroups"][1:] != a["ci_ngroups"][:-1]]
     g_first = np.flatnonzero(opens) if len(ci_user) else np.zeros(0, np.int64)
@@ -120,24 +155,21 @@ def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig, 
     p_sample, p_comment = np.divmod(pairs, len(a["comment_video"]) + 1)
     pos_ptr = np.zeros(len(g_first) + 1, np.int64)
     np.cumsum(np.bincount(p_sample, minlength=len(g_first)), out=pos_ptr[1:])
-    t = a["ci_time"][g_first]
     cr = dict(
-        user=g_user.astype(np.int32), target=a["ci_video"][g_first].astype(np.int32), time=t,
+        user=g_user.astype(np.int32), target=a["ci_video"][g_first].astype(np.int32), time=a["ci_time"][g_first],
         vi_end=np.searchsorted(vi_key, ci_key[g_first], "left"),
         ci_end=np.searchsorted(ci_key, ci_key[g_first], "left"),
     )
-    pos, count = _rank_within(g_user)
-    part = _assign_split(pos, count, t, split, thresholds)
-    _emit("comm_rank", cr, part, a, pos_ptr, p_comment.astype(np.int32), out, stats)
-    for k, v in stats.items():
-        if v:
-            log.info("samples: %s = %d", k, v)
-    return out, stats
+    return cr, pos_ptr, p_comment.astype(np.int32)
 
 
 def _emit(task, cols, part, a, pos_ptr, pos, out, stats) -> None:
     """Filter samples with no history at all (and, for comment-rank evaluation, with no negative
-    comment to rank against) and store one SampleSet per split."""
+    comment to rank against) and store one SampleSet per split.
+
+    Without positives (rec: one sample per video interaction) the columns are taken out of
+    ``cols`` one at a time and split with boolean masks, so what is held at once is the samples
+    plus one full column, not a second copy of every column and an index array."""
     user = cols["user"]
     has_hist = (cols["vi_end"] > a["vi_ptr"][user]) | (cols["ci_end"] > a["ci_ptr"][user])
     stats[f"{task}.dropped_no_history"] = int((~has_hist).sum())
@@ -147,10 +179,22 @@ def _emit(task, cols, part, a, pos_ptr, pos, out, stats) -> None:
         n_comments = np.diff(a["video_comment_ptr"])[cols["target"]]
         keep_eval = n_comments > n_pos
         stats[f"{task}.eval_dropped_no_negative"] = int((~keep_eval & has_hist & (part > 0)).sum())
-    full = SampleSet(**cols, pos_ptr=pos_ptr if pos_ptr is not None else np.zeros(1, np.int64),
-                     pos=pos if pos is not None else np.zeros(0, np.int32))
+    sels = {}
     for code, name in enumerate(("train", "val", "test")):
-        sel = has_hist & (part == code)
+        sels[name] = has_hist & (part == code)
         if code > 0:
-            sel &= keep_eval
-        out[(task, name)] = full.subset(np.flatnonzero(sel))
+            sels[name] &= keep_eval
+    del user, has_hist, keep_eval
+    if pos is not None:
+        full = SampleSet(**cols, pos_ptr=pos_ptr, pos=pos)
+        for name, sel in sels.items():
+            out[(task, name)] = full.subset(np.flatnonzero(sel))
+        return
+    parts: dict[str, dict[str, np.ndarray]] = {name: {} for name in sels}
+    for f in list(cols):
+        col = cols.pop(f)
+        for name, sel in sels.items():
+            parts[name][f] = col[sel]
+        del col
+    for name in sels:
+        out[(task, name)] = SampleSet(**parts[name], pos_ptr=np.zeros(1, np.int64), pos=np.zeros(0, np.int32))

@@ -96,54 +96,98 @@ def _csv_error(path: Path, header: list[str], message: str) -> DataError:
     return DataError(f"{path}:{where or ' unreadable CSV'}: {detail}")
 
 
+#: Bytes of CSV parsed at a time. The streaming reader holds a few blocks, so reading a file costs
+#: about what is kept of it, not its size (KuaiComt's user_video_inter.csv is ~9 GB).
+BLOCK_SIZE = 4 << 20
+_CONVERSION_RE = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error")
+
+
+class _Retype(Exception):
+    """A block does not fit the column type inferred from the first block."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+
 def read_csv(path: str | Path, columns: Sequence[str] | None = None, types: dict | None = None,
-             notes: dict | None = None) -> pa.Table:
+             notes: dict | None = None, transform: Callable[[pa.RecordBatch, int], pa.Table] | None = None) -> pa.Table:
     """Read ``columns`` (all when None) of a CSV file with a header, in file order.
 
     ``types`` forces the Arrow type of some columns; the others are inferred. Empty fields of
-    string columns are read as null. A row that does not parse raises :class:`DataError`
-    naming the file, row and line instead of pyarrow's error; so does a file that is not UTF-8.
-    One exception: a last line with too few fields (a file cut off while it was written or
-    copied) is skipped with a warning and recorded in ``notes[str(path)]`` (``truncated_last_line``:
-    its line number), which the readers put into the manifest.
+    string columns are read as null. The file is parsed in blocks of :data:`BLOCK_SIZE` bytes and
+    only what is kept of each block stays in memory: the block itself, or ``transform(block,
+    first_row)`` when given (``first_row``: the 0-based data row of the block's first row; the
+    KuaiComt reader drops rows without a signal there). Inferred types come from the first block;
+    when a later block does not fit (an id column that turns non-numeric) the file is read again
+    with that column as strings, the type a whole-file read gives it.
+
+    A row that does not parse raises :class:`DataError` naming the file, row and line instead of
+    pyarrow's error; so does a file that is not UTF-8. One exception: a last line with too few
+    fields (a file cut off while it was written or copied) is skipped with a warning and recorded
+    in ``notes[str(path)]`` (``truncated_last_line``: its line number), which the readers put into
+    the manifest.
     """
     path = Path(path)
     header = _csv_header(path)
-    convert = pacsv.ConvertOptions(
-        include_columns=list(columns) if columns is not None else None,
-        column_types=types or {},
-        strings_can_be_null=True,
-    )
+    types = dict(types or {})
+    while True:
+        try:
+            return _read_blocks(path, header, columns, types, notes, transform)
+        except _Retype as e:
+            log.info("%s: column '%s' is not numeric throughout: read as strings", path, e.column)
+            types[e.column] = pa.string()
+
+
+def _open_csv(path: Path, columns, types: dict, threads: bool, handler=None) -> pacsv.CSVStreamingReader:
+    convert = pacsv.ConvertOptions(include_columns=list(columns) if columns is not None else None,
+                                   column_types=types, strings_can_be_null=True)
+    return pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=threads, block_size=BLOCK_SIZE),
+                          parse_options=pacsv.ParseOptions(invalid_row_handler=handler), convert_options=convert)
+
+
+def _read_blocks(path: Path, header: list[str], columns, types: dict, notes: dict | None, transform) -> pa.Table:
     invalid: list = []
 
     def skip(row) -> str:
         invalid.append(row)
         return "skip"
 
-    def read(threads: bool, handler=None) -> pa.Table:
-        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=threads),
-                              parse_options=pacsv.ParseOptions(invalid_row_handler=handler), convert_options=convert)
-
+    parts, row = [], 0
     try:
-        table = read(True, skip)
-        if not invalid:
-            return table
+        reader = _open_csv(path, columns, types, True, skip)
+        for block in reader:
+            parts.append(transform(block, row) if transform else pa.Table.from_batches([block]))
+            row += block.num_rows
+    except pa.ArrowInvalid as first:
+        match = _CONVERSION_RE.search(str(first))
+        if match and int(match.group(1)) < len(header) and header[int(match.group(1))] not in types:
+            raise _Retype(header[int(match.group(1))]) from None
+        _raise_with_row(path, header, columns, types)
+        raise DataError(f"{path}: unreadable CSV: {first}") from None
+    if invalid:
         if len(invalid) == 1 and _is_last_line(path, invalid[0].text) and invalid[0].actual_columns < len(header):
             line = _line_count(path)
             log.warning("%s: line %d has %d of %d fields (a truncated last line): skipped", path, line,
                         invalid[0].actual_columns, len(header))
             if notes is not None:
                 notes.setdefault(str(path), {})["truncated_last_line"] = line
-            return table
-        read(False)  # the first malformed row, with its line number
-        raise DataError(f"{path}: a row has the wrong number of fields")  # not reached: read(False) raised
-    except pa.ArrowInvalid as first:
-        # Only the single-threaded reader reports row numbers; pay for it on the error path only.
-        try:
-            read(False)
-        except pa.ArrowInvalid as e:
-            raise _csv_error(path, header, str(e)) from None
-        raise DataError(f"{path}: unreadable CSV: {first}") from None
+        else:
+            _raise_with_row(path, header, columns, types)  # the first malformed row, with its line number
+            raise DataError(f"{path}: a row has the wrong number of fields")  # not reached
+    if not parts:  # a header-only file
+        empty = pa.RecordBatch.from_pylist([], schema=reader.schema)
+        parts = [transform(empty, 0) if transform else pa.Table.from_batches([empty])]
+    return pa.concat_tables(parts)
+
+
+def _raise_with_row(path: Path, header: list[str], columns, types: dict) -> None:
+    """Read ``path`` again on one thread, the only reader that reports row numbers, and raise its
+    first error as a :class:`DataError` naming the row and line (error paths only)."""
+    try:
+        for _ in _open_csv(path, columns, types, False):
+            pass
+    except pa.ArrowInvalid as e:
+        raise _csv_error(path, header, str(e)) from None
 
 
 def _is_last_line(path: Path, text: str) -> bool:
@@ -256,15 +300,56 @@ def _kuaicomt_columns(path: Path, header: list[str], name: str) -> dict[str, str
     return picked
 
 
-def _to_ms(values: pa.ChunkedArray, column: str) -> pa.ChunkedArray:
-    """Float or integer Unix times -> int64 milliseconds; non-finite values become null."""
+def _to_ms(values: pa.ChunkedArray | pa.Array, column: str, peak: float | None = None) -> pa.ChunkedArray | pa.Array:
+    """Float or integer Unix times -> int64 milliseconds; non-finite values become null.
+
+    A column not named as milliseconds holds seconds unless its largest value (``peak``, over the
+    whole file: the caller may pass only some of its rows) says otherwise.
+    """
     values = values.cast(pa.float64())
     if column not in _MS_TIME_COLUMNS:
-        peak = pc.max(values).as_py()
         if peak is None or peak < _MS_THRESHOLD:
             values = pc.multiply(values, 1000.0)
     values = pc.if_else(pc.is_finite(values), pc.round(values), pa.scalar(None, pa.float64()))
     return values.cast(pa.int64())
+
+
+class _KuaiComtBlocks:
+    """``read_csv`` transform for a KuaiComt file: each block as our columns, without the rows where
+    no ``signals`` column is positive (kept rows get their 1-based file row in :data:`ROW_COLUMN`),
+    so a 120 M-row impression log never sits in memory whole. Counts the rows it saw and the
+    largest raw timestamp (the unit of a seconds-named column is decided on the whole file)."""
+
+    def __init__(self, picked: dict[str, str], signals: Sequence[str]):
+        self.picked, self.signals = picked, tuple(signals)
+        self.rows, self.time_peaks = 0, []
+        self.time_column = picked.get("timestamp")
+
+    def __call__(self, block: pa.RecordBatch, first_row: int) -> pa.Table:
+        if first_row == 0:  # a new pass (read_csv reads the file again after retyping a column)
+            self.rows, self.time_peaks = 0, []
+        self.rows += block.num_rows
+        table = pa.Table.from_batches([block]).select(list(self.picked.values())).rename_columns(list(self.picked))
+        if self.time_column is not None:
+            self.time_peaks.append(pc.max(block[self.time_column].cast(pa.float64())).as_py())
+            if self.time_column in _MS_TIME_COLUMNS:  # the unit is in the name: convert now
+                table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                         _to_ms(table["timestamp"], self.time_column))
+        if not self.signals:
+            return table
+        keep = np.zeros(block.num_rows, dtype=bool)
+        for s in self.signals:
+            keep |= pc.fill_null(pc.greater(block[s], 0), False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(keep)
+        return table.take(pa.array(rows)).append_column(ROW_COLUMN, pa.array(rows + first_row + 1, pa.int64()))
+
+    def finish(self, table: pa.Table) -> pa.Table:
+        """The whole file's table with a seconds-named timestamp column converted to ms."""
+        if self.time_column is None or self.time_column in _MS_TIME_COLUMNS:
+            return table
+        peak = pc.max(pa.array(self.time_peaks, pa.float64())).as_py()
+        i = table.schema.get_field_index("timestamp")
+        return table.set_column(i, "timestamp", _to_ms(table["timestamp"], self.time_column, peak))
 
 
 def _read_kuaicomt_table(path: Path, name: str, signals: Sequence[str], notes: dict) -> tuple[pa.Table, int]:
@@ -281,19 +366,9 @@ def _read_kuaicomt_table(path: Path, name: str, signals: Sequence[str], notes: d
     types.update({theirs: pa.int64() for ours, theirs in picked.items() if ours == "like_count"})
     types.update({theirs: pa.float64() for ours, theirs in picked.items() if ours == "timestamp"})
     types.update({s: pa.float64() for s in signals})
-    raw = read_csv(path, list(dict.fromkeys([*picked.values(), *signals])), types, notes)
-    table = raw.select(list(picked.values())).rename_columns(list(picked))
-    if "timestamp" in picked:
-        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
-                                 _to_ms(table["timestamp"], picked["timestamp"]))
-    if not signals:
-        return table, 0
-    keep = np.zeros(raw.num_rows, dtype=bool)
-    for s in signals:
-        keep |= pc.fill_null(pc.greater(raw[s], 0), False).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(keep)
-    table = table.take(pa.array(rows)).append_column(ROW_COLUMN, pa.array(rows + 1, pa.int64()))
-    return table, raw.num_rows - len(rows)
+    blocks = _KuaiComtBlocks(picked, signals)
+    table = blocks.finish(read_csv(path, list(dict.fromkeys([*picked.values(), *signals])), types, notes, blocks))
+    return table, blocks.rows - table.num_rows
 
 
 def read_kuaicomt(root: str | Path, video_signals: Sequence[str] = ("long_view", "is_like"),

@@ -140,15 +140,50 @@ def _check_time_order(raw: RawTables, name: str) -> None:
     )
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _row_hashes(t: pa.Table, keys: list[str]) -> np.ndarray:
+    """A 64-bit hash of each row's ``keys``: equal rows hash equal; unequal rows may collide
+    (nulls hash like 0 or -1), so a shared hash only makes rows candidates for an exact check."""
+    h = np.zeros(t.num_rows, np.uint64)
+    for k in keys:
+        col = t[k]
+        if pa.types.is_integer(col.type):
+            x = pc.fill_null(col, 0).cast(pa.int64()).to_numpy()
+        else:
+            x = pc.fill_null(pc.dictionary_encode(col.combine_chunks()).indices, -1).to_numpy().astype(np.int64)
+        h ^= x.view(np.uint64)
+        h *= _MIX
+        h ^= h >> np.uint64(29)
+    return h
+
+
 def _dedupe(t: pa.Table, keys: list[str]) -> tuple[pa.Table, int]:
-    """Keep the first row of each distinct ``keys`` value, preserving order."""
+    """Keep the first row of each distinct ``keys`` value, preserving order.
+
+    Rows whose key hash is unique are unique; only rows sharing a hash are grouped exactly, so
+    tens of millions of distinct interactions cost two uint64 arrays, not a hash table of rows,
+    and a table without duplicates is returned as it is (no copy).
+    """
     if t.num_rows == 0:
         return t, 0
-    idx = t.select(keys).append_column("__i", pa.array(np.arange(t.num_rows)))
-    first = idx.group_by(keys).aggregate([("__i", "min")])["__i_min"].to_numpy()
-    keep = np.zeros(t.num_rows, dtype=bool)
-    keep[first] = True
-    return t.filter(pa.array(keep)), t.num_rows - len(first)
+    h = _row_hashes(t, keys)
+    s = np.sort(h)
+    shared = np.unique(s[1:][s[1:] == s[:-1]])
+    del s
+    if len(shared) == 0:
+        return t, 0
+    cand = np.flatnonzero(shared[np.minimum(np.searchsorted(shared, h), len(shared) - 1)] == h)
+    del h
+    sub = t.select(keys).take(pa.array(cand)).append_column("__i", pa.array(cand))
+    first = sub.group_by(keys).aggregate([("__i", "min")])["__i_min"].to_numpy()
+    drop = np.setdiff1d(cand, first)
+    if len(drop) == 0:
+        return t, 0
+    keep = np.ones(t.num_rows, dtype=bool)
+    keep[drop] = False
+    return t.filter(pa.array(keep)), len(drop)
 
 
 def _as_common(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
@@ -169,8 +204,8 @@ def _keep_known(t: pa.Table, col: str, known: pa.ChunkedArray, raw: RawTables | 
     most rows unknown is fatal: the ids come from another column or another dataset."""
     values, known = _as_common(t[col], known)
     mask = pc.is_in(values, value_set=known.combine_chunks())
-    kept = t.filter(mask)
-    dropped = t.num_rows - kept.num_rows
+    dropped = t.num_rows - pc.sum(mask).as_py() if t.num_rows else 0
+    kept = t.filter(mask) if dropped else t  # no copy of a table with nothing to drop
     if raw is not None and dropped > UNKNOWN_FATAL * t.num_rows and dropped >= FATAL_MIN_ROWS:
         i = _first(pc.invert(mask))
         raise DataError(f"{_where(raw, name, i)}: {dropped} of {t.num_rows} rows name a {col} that is not in {of} "
@@ -179,6 +214,8 @@ def _keep_known(t: pa.Table, col: str, known: pa.ChunkedArray, raw: RawTables | 
 
 
 def _with_time(t: pa.Table) -> tuple[pa.Table, int]:
+    if t["timestamp"].null_count == 0:
+        return t, 0
     kept = t.filter(pc.is_valid(t["timestamp"]))
     return kept, t.num_rows - kept.num_rows
 
@@ -199,7 +236,7 @@ def _own_video(raw: RawTables, ci: pa.Table, comments: pa.Table) -> tuple[pa.Tab
             f"{_where(raw, 'comment_interactions', i)}: {wrong} of {ci.num_rows} comment interactions name another "
             f"video than their comment's (this row: video {given[i].as_py()!r}, its comment {ci_cids[i].as_py()!r} is "
             f"under {own[i].as_py()!r}); the video and comment columns look swapped or mislabelled")
-    return ci.filter(agree).drop_columns(["video_id"]), wrong
+    return (ci.filter(agree) if wrong else ci).drop_columns(["video_id"]), wrong
 
 
 def _check_comment_clock(raw: RawTables, vi: pa.Table, ci: pa.Table) -> None:
