@@ -28,6 +28,10 @@ from lsvcr.losses.contrastive import _dist_active, _gather, batch_info_nce, beha
 from lsvcr.models.sr.lsvcr import SRReadouts
 
 REC, COMM_RANK = 0, 1
+#: the scalar losses of an alignment forward (``AlignmentModel.forward``: these and the diagnostics)
+LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
+#: logged next to the losses (:func:`alignment_losses`): in-batch retrieval accuracy and representation collapse
+DIAGNOSTIC_KEYS = ("rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
 
 
 def global_mean(total: Tensor, count: int, group=None) -> Tensor:
