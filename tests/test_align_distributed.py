@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from lsvcr.pipelines.align import LOSS_KEYS
+from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 
 pytestmark = pytest.mark.slow
 # two processes fighting over 2 shared cores: one OpenMP thread each avoids spin-wait stalls
@@ -38,7 +38,9 @@ STEPS = 4
 # a checkpoint after step 2; no dropout anywhere (the one draw that is per micro-batch and rank)
 ALIGN = ["stage=align", *WORLD, *LLM, "prompts=en", "align.max_prompt_tokens=512", "align.grad_accum=2",
          f"align.max_steps={STEPS}", "align.lr=3e-3", "align.log_every=1", "align.save_every=2",
-         "model.sr.dropout=0.0", "model.sr.attn_dropout=0.0"]
+         "model.sr.dropout=0.0", "model.sr.attn_dropout=0.0",
+         # held-out evaluation after steps 2 and 4 on 4 global val batches of 8 (1 x 8 or 2 ranks x 4)
+         "align.eval_samples=32", "align.eval_every=2"]
 ONE, TWO = ["align.micro_batch_size=8"], [*DDP, "align.micro_batch_size=4"]
 
 
@@ -116,6 +118,23 @@ def test_two_ranks_write_one_run_directory(one, two):
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, STEPS + 1))  # not one row per rank
     assert json.loads((two / "align.json").read_text())["plan"]["world"] == 2
+    assert log.count("val at step 4/4 (32 samples)") == 1 and [e["step"] for e in _evals(two)] == [2, 4]
+
+
+def _evals(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "align_eval.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_evaluate_as_one_process(one, two):
+    """The held-out batches are split over the ranks like training's: every loss and diagnostic,
+    averaged over the ranks, is the one-process value (the cosines are over all ranks' rows)."""
+    a, b = _evals(one), _evals(two)
+    assert [e["step"] for e in a] == [e["step"] for e in b] == [2, 4]
+    assert all(e["samples"] == 32 and e["rec_top1_chance"] == 1 / 8 for e in a + b)
+    diffs = {k: max(abs(x[k] - y[k]) for x, y in zip(a, b)) for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS)}
+    print("held-out max abs differences, 1 process x 8 vs 2 ranks x 4:", diffs)
+    assert all(d < 1e-5 for d in diffs.values()), diffs  # the losses' own tolerance (6 decimals + fp32 order)
+    assert a[0]["loss"] != a[1]["loss"]  # two evaluations of different weights compared
 
 
 def test_two_ranks_train_exactly_as_one_process_with_twice_the_micro_batch(one, two):
@@ -137,6 +156,7 @@ def test_two_rank_resume_matches_the_uninterrupted_run(out, two):
     assert f"resumed {two / 'align_step2'} at step 2 of {STEPS}" in text
     # steps 1-2 come from the checkpoint, 3-4 are recomputed by 2 ranks from step 2's state
     assert _losses(resumed) == _losses(two)
+    assert _evals(resumed) == _evals(two)  # step 2's restored, step 4's recomputed by 2 ranks
     for name in ("modules.safetensors", "lora/adapter_model.safetensors"):
         x, y = load_file(two / "align" / name), load_file(resumed / "align" / name)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name

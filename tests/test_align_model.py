@@ -117,10 +117,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         total = loss.detach().clone()
         dist.all_reduce(total)
         llm, vp, vq, cp, cq, key = vecs
-        top1 = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task[rows], has[rows], 0.5)["rec_top1"]
-        dist.all_reduce(top1)
+        out = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task[rows], has[rows], 0.5)
+        diagnostics = {k: out[k].clone() for k in ("rec_top1", "sr_cosine", "llm_cosine")}
+        for v in diagnostics.values():
+            dist.all_reduce(v)
         torch.save({"mean_loss": total / world, "grads": [v.grad for v in vecs] + [hidden.grad],
-                    "rec_top1": top1 / world}, f"{out_dir}/rank{rank}.pt")
+                    "cosines": [out["sr_cosine"], out["llm_cosine"]],  # this rank's own value
+                    **{k: v / world for k, v in diagnostics.items()}}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -136,10 +139,14 @@ def test_distributed_alignment_losses_match_single_process(tmp_path):
         out = torch.load(tmp_path / f"rank{rank}.pt")
         rows = slice(sum(SIZES[:rank]), sum(SIZES[: rank + 1]))
         assert out["mean_loss"].item() == pytest.approx(single.item(), abs=1e-9)
-        # the in-batch accuracy over unequal shards, averaged over ranks, is the one-process share
+        # the in-batch accuracy over unequal shards, averaged over ranks, is the one-process share;
+        # the collapse cosines are those of all ranks' rows, on every rank
         llm, vp, vq, cp, cq, key = vecs
-        want = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task, has, 0.5)["rec_top1"]
-        assert out["rec_top1"].item() == pytest.approx(want.item(), abs=1e-12)
+        want = alignment_losses(llm, SRReadouts(vp, vq, cp, cq), key, task, has, 0.5)
+        for k in ("rec_top1", "sr_cosine", "llm_cosine"):
+            assert out[k].item() == pytest.approx(want[k].item(), abs=1e-12), k
+        assert [c.item() for c in out["cosines"]] == pytest.approx([want["sr_cosine"].item(),
+                                                                    want["llm_cosine"].item()], abs=1e-12)
         for got, leaf in zip(out["grads"], leaves):  # DDP divides the sum over ranks by world
             assert (got / world - leaf.grad[rows]).abs().max() < 1e-9
 

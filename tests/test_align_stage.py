@@ -1,5 +1,6 @@
-"""stage=align on the real CLI: the loss falls, the checkpoint layout, exact resume, and the hand-over
-to stage=embed and stage=finetune (finetune.init_from)."""
+"""stage=align on the real CLI: the loss falls, the checkpoint layout, the held-out evaluation (its
+files, steps and collapse warning; training unchanged by it), exact resume, and the hand-over to
+stage=embed and stage=finetune (finetune.init_from)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY, run_cli
 from lsvcr.data.errors import ConfigError
+from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.pipelines.handover import load_aligned_sr
 
@@ -24,6 +26,11 @@ COMMON = [*TINY, "embed.max_length=16", "model.llm.hidden_size=128", "model.llm.
 # the loss to fall within a few steps at a high learning rate; English prompts are shorter
 ALIGN = ["stage=align", *COMMON, "prompts=en", "align.max_prompt_tokens=512", "align.micro_batch_size=8",
          "align.grad_accum=2", "align.max_steps=8", "align.lr=3e-3", "align.log_every=2", "align.save_every=4"]
+# held-out evaluation before step 1, at step 4 and at the end, on 3 val batches of 8; every val cosine
+# exceeds -1, so each evaluation warns about both representations
+EVAL = ["align.eval_samples=24", "align.eval_every=4", "align.eval_initial=true"]
+COLLAPSE_LOW = "align.collapse_cosine=-1"
+VAL_KEYS = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)
 ENV = {"OMP_NUM_THREADS": "1"}  # torch threads oversubscribe the shared cores otherwise
 
 
@@ -37,8 +44,12 @@ def cli(args: list[str], out: Path, run: Path):
 def aligned(tmp_path_factory):
     """One tiny `lsvcr stage=align` run: (output dir, run dir)."""
     out = tmp_path_factory.mktemp("align")
-    cli(ALIGN, out, out / "align_run")
+    cli([*ALIGN, *EVAL, COLLAPSE_LOW], out, out / "align_run")
     return out, out / "align_run"
+
+
+def _evals(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "align_eval.jsonl").read_text().splitlines()]
 
 
 def test_total_loss_falls_and_every_part_is_logged(aligned):
@@ -55,6 +66,53 @@ def test_total_loss_falls_and_every_part_is_logged(aligned):
     assert [m["step"] for m in logged if "train/loss" in m] == [2, 4, 6, 8]
     summary = json.loads((run / "align.json").read_text())
     assert summary["steps"] == 8 and summary["steps_per_second"] > 0 and summary["peak_rss_mb"] > 0
+
+
+def test_heldout_evaluation_is_logged_at_its_steps(aligned):
+    _, run = aligned
+    evals = _evals(run)
+    assert [e["step"] for e in evals] == [0, 4, 8]
+    for e in evals:
+        assert e["samples"] == 24 and set(VAL_KEYS) <= set(e)
+        assert e["rec_top1_chance"] == e["llm_sr_top1_chance"] == 1 / 8  # 8 in-batch candidates
+        assert e["loss"] == pytest.approx(e["lm_loss"] + e["rec_loss"] + 0.5 * e["contrast_loss"], rel=1e-4)
+    assert evals[-1]["loss"] < evals[0]["loss"]  # the trained model does better on samples it never saw
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [m for m in logged if "val/loss" in m]
+    assert [m["step"] for m in val] == [0, 4, 8]
+    assert all(m[f"val/{k}"] == e[k] for m, e in zip(val, evals) for k in (*VAL_KEYS, "rec_top1_chance"))
+    table = (run / "align_eval.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split(" | ")[0] for r in rows] == ["| 0", "| 4", "| 8"]
+    assert f"| {evals[-1]['loss']:.4f} |" in rows[-1]
+    summary = json.loads((run / "align.json").read_text())
+    assert summary["val"] == evals[-1] and summary["evaluations"] == 3 and summary["eval_seconds"] > 0
+    text = (run / "main.log").read_text()
+    assert text.count("val at step ") == 3 and "val at step 4/8 (24 samples): loss " in text
+    assert "held-out evaluation (val split, 24 samples):" in text and rows[-1] in text  # the table in the log
+
+
+def test_collapse_warning_names_metric_value_and_step(aligned):
+    _, run = aligned
+    text, evals = (run / "main.log").read_text(), _evals(run)
+    for e in evals:
+        for k in ("llm_cosine", "sr_cosine"):
+            assert f"collapse: val {k} {e[k]:.4f} > align.collapse_cosine=-1.0 at step {e['step']}" in text
+    summary = json.loads((run / "align.json").read_text())
+    assert summary["collapse_cosine"] == -1.0
+    assert summary["collapse"] == [{"step": e["step"], "metric": k, "value": e[k]}
+                                   for e in evals for k in ("llm_cosine", "sr_cosine")]
+
+
+def test_evaluation_does_not_change_training(aligned):
+    out, run = aligned
+    plain = out / "no_eval"
+    text = cli([*ALIGN, "align.eval_samples=0"], out, plain)
+    assert "val at step" not in text and not (plain / "align_eval.jsonl").exists()
+    assert json.loads((plain / "losses.json").read_text()) == json.loads((run / "losses.json").read_text())
+    a, b = (load_file(d / "align" / "modules.safetensors") for d in (run, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((plain / "align.json").read_text())["val"] is None
 
 
 def test_checkpoint_layout(aligned):
@@ -74,11 +132,15 @@ def test_checkpoint_layout(aligned):
 def test_resumed_run_matches_uninterrupted(aligned):
     out, run = aligned
     resumed = out / "resumed"
-    text = cli([*ALIGN, f"align.resume={run / 'align_step4'}"], out, resumed)
+    # a collapse threshold no cosine exceeds: no warning (the threshold does not touch training)
+    text = cli([*ALIGN, *EVAL, "align.collapse_cosine=1.0", f"align.resume={run / 'align_step4'}"], out, resumed)
     assert f"resumed {run / 'align_step4'} at step 4 of 8" in text
     want, got = (json.loads((d / "losses.json").read_text()) for d in (run, resumed))
     assert [e["step"] for e in got] == [2, 4, 6, 8]
     assert got == want  # steps 6 and 8 recomputed after the resume: the same values
+    # evaluations 0 and 4 come from the checkpoint, 8 is recomputed on the same weights
+    assert _evals(resumed) == _evals(run) and text.count("val at step ") == 1
+    assert "collapse:" not in text and json.loads((resumed / "align.json").read_text())["collapse"] == []
     a, b = (load_file(d / "align" / "modules.safetensors") for d in (run, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,6 +1,7 @@
 """`stage=align` under DeepSpeed ZeRO-2 and ZeRO-3 on the CPU: two real ranks started by the `deepspeed`
 launcher over gloo, the same engine code GPU runs use. They must exit (bounded), write the DeepSpeed
-checkpoint, compute the losses of the same run under torchrun + Accelerate DDP, and resume exactly."""
+checkpoint, compute the losses (and the held-out evaluation's values) of the same run under torchrun +
+Accelerate DDP, and resume exactly."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ pytestmark = pytest.mark.slow
 # are the same on both engines: DeepSpeed builds torch's AdamW from hardware.deepspeed.optimizer
 WORLD = ["stage=align", "data.num_users=140", "data.num_videos=200", "embed.max_length=16",
          "align.max_steps=3", "align.micro_batch_size=2", "align.grad_accum=2", "align.log_every=1",
-         "align.save_every=2", "hardware.precision=fp32"]
+         "align.save_every=2", "hardware.precision=fp32",
+         # held-out evaluation after step 2 and at the end (3), 4 val batches of 2 ranks x 2: the
+         # evaluation forwards run between accumulation windows and must not shift them
+         "align.eval_samples=16", "align.eval_every=2"]
 DEEPSPEED = ["hardware=deepspeed_z2", "hardware.accelerator=cpu", "hardware.backend=gloo", "hardware.nproc_per_node=2"]
 DDP = ["hardware=cpu_ddp"]
 ENV = {"OMP_NUM_THREADS": "1"}
 TIMEOUT = 240  # one run takes about a minute on 2 busy cores; a hang fails the test instead of stalling it
 LOSSES = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
+VAL = (*LOSSES, "rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
 
 
 def align(args: list[str], out: Path, run: Path) -> str:
@@ -36,6 +41,16 @@ def align(args: list[str], out: Path, run: Path) -> str:
 
 def losses(run: Path) -> list[dict]:
     return json.loads((run / "losses.json").read_text())
+
+
+def evals(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "align_eval.jsonl").read_text().splitlines()]
+
+
+def max_val_diff(a: Path, b: Path) -> float:
+    x, y = evals(a), evals(b)
+    assert [e["step"] for e in x] == [e["step"] for e in y] == [2, 3]
+    return max(abs(g[k] - w[k]) for g, w in zip(x, y) for k in VAL)
 
 
 def max_weight_diff(a: Path, b: Path) -> float:
@@ -84,12 +99,19 @@ def test_zero2_losses_equal_ddp(runs):
     assert max_weight_diff(ds, ddp) < 5e-5
 
 
+def test_zero2_heldout_evaluation_equals_ddp(runs):
+    _, ds, ddp, _, _ = runs
+    assert max_val_diff(ds, ddp) <= 2e-6  # 6 decimals kept, and the weights agree to ~3e-6
+    assert all(e["samples"] == 16 and e["rec_top1_chance"] == 0.25 for e in evals(ds))
+
+
 def test_zero2_resume_equals_uninterrupted(runs):
     out, ds, _, _, _ = runs
     resumed = out / "ds_resumed"
     log = align([*DEEPSPEED, f"align.resume={ds / 'align_step2'}"], out, resumed)
     assert f"resumed {ds / 'align_step2'} at step 2 of 3" in log
     assert losses(resumed) == losses(ds)  # step 3 recomputed from the DeepSpeed optimizer and scheduler state
+    assert evals(resumed) == evals(ds)
     assert max_weight_diff(resumed, ds) == 0.0
 
 
@@ -106,6 +128,7 @@ def test_zero3_losses_and_gathered_weights_equal_ddp(runs):
     assert [e["step"] for e in got] == [1, 2, 3]
     assert max(abs(g[k] - w[k]) for g, w in zip(got, want) for k in (*LOSSES, "lr")) <= 2e-6, (got, want)
     assert max_weight_diff(z3, ddp) < 5e-5  # the saved modules are whole weights, not rank 0's shards
+    assert max_val_diff(z3, ddp) <= 2e-6  # the evaluation forwards gather the sharded weights too
 
 
 def test_torch_adam_auto_is_a_device_choice():

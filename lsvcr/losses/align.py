@@ -28,6 +28,10 @@ from lsvcr.losses.contrastive import _dist_active, _gather, batch_info_nce, beha
 from lsvcr.models.sr.lsvcr import SRReadouts
 
 REC, COMM_RANK = 0, 1
+#: the scalar losses of an alignment forward (``AlignmentModel.forward``: these and the diagnostics)
+LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
+#: logged next to the losses (:func:`alignment_losses`): in-batch retrieval accuracy and representation collapse
+DIAGNOSTIC_KEYS = ("rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
 
 
 def global_mean(total: Tensor, count: int, group=None) -> Tensor:
@@ -92,13 +96,15 @@ def in_batch_top1(query: Tensor, keys: Tensor, group=None) -> Tensor:
 
 
 @torch.no_grad()
-def mean_pairwise_cosine(x: Tensor) -> Tensor:
-    """Mean cosine between different rows of ``x [B, d]`` (this rank's batch): near 1 = the
-    representation has collapsed to one direction; 0 for a batch of one."""
-    n = x.shape[0]
+def mean_pairwise_cosine(x: Tensor, group=None) -> Tensor:
+    """Mean cosine between different rows of ``x [B, d]`` gathered from every rank: near 1 = the
+    representation has collapsed to one direction; 0 for a batch of one. Every rank returns the
+    value of the whole gathered batch (so averaged over ranks it is that value, and 2 ranks x m rows
+    report what 1 process x 2m does, like the other diagnostics)."""
+    z = F.normalize(_gather(x.detach().float(), group)[0], dim=-1)
+    n = z.shape[0]
     if n < 2:
-        return x.new_zeros(())
-    z = F.normalize(x.detach().float(), dim=-1)
+        return z.new_zeros(())
     total = z.sum(dim=0).square().sum() - n  # sum over i != j of z_i . z_j
     return total / (n * (n - 1))
 
@@ -125,7 +131,8 @@ def alignment_losses(
         ``rec_loss``, ``behaviour_loss``, ``llm_sr_loss`` and ``contrast_loss`` (= the last two summed),
         and diagnostics without gradient: ``rec_top1`` and ``llm_sr_top1`` (:func:`in_batch_top1` of the
         SR representation against the target keys and the LLM representations), ``sr_cosine`` and
-        ``llm_cosine`` (:func:`mean_pairwise_cosine`: collapse of either user representation).
+        ``llm_cosine`` (:func:`mean_pairwise_cosine` over all ranks' rows: collapse of either user
+        representation).
     """
     sr_repr = task_user_repr(readouts, task)
     rec_loss = batch_info_nce(sr_repr, target_key, temperature, group)
@@ -139,4 +146,4 @@ def alignment_losses(
         behaviour = masked_behaviour_contrast(llm_repr, positive, negative, has_comment_history, temperature, group)
     return {"rec_loss": rec_loss, "behaviour_loss": behaviour, "llm_sr_loss": llm_sr, "contrast_loss": behaviour + llm_sr,
             "rec_top1": in_batch_top1(sr_repr, target_key, group), "llm_sr_top1": in_batch_top1(sr_repr, llm_repr, group),
-            "sr_cosine": mean_pairwise_cosine(sr_repr), "llm_cosine": mean_pairwise_cosine(llm_repr)}
+            "sr_cosine": mean_pairwise_cosine(sr_repr, group), "llm_cosine": mean_pairwise_cosine(llm_repr, group)}

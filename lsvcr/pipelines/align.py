@@ -13,7 +13,9 @@ Run directory: ``align/`` (final checkpoint: ``lora/``, ``modules.safetensors``,
 ``alignment.json``, ``config.yaml``, ``trainer_state.json`` and ``trainer.pt`` or ``deepspeed/``),
 ``align_step<N>/`` (the same every ``align.save_every`` steps), ``losses.json`` (the loss curve, with
 in-batch top-1 accuracy and representation collapse: ``DIAGNOSTIC_KEYS``),
-``align.json`` (summary), ``metrics.jsonl``, and ``deepspeed_config.json`` under DeepSpeed.
+``align.json`` (summary), ``metrics.jsonl``, ``align_eval.jsonl`` and ``align_eval.md`` (the held-out
+evaluations on val samples, :mod:`lsvcr.pipelines.align_eval`), and ``deepspeed_config.json`` under
+DeepSpeed.
 
 Why an explicit loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
 batch (prompts + a batch-local text table + histories) whose InfoNCE terms gather negatives from
@@ -59,6 +61,7 @@ from lsvcr.data.align_batch import (
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
+from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.models.align import (
     TOKENIZER_DIR,
     AlignmentModel,
@@ -67,6 +70,7 @@ from lsvcr.models.align import (
 )
 from lsvcr.models.llm.loader import LLMBundle
 from lsvcr.models.llm.tokenizer import FINGERPRINT_FILE
+from lsvcr.pipelines import align_eval
 from lsvcr.pipelines.align_engine import (
     DS_DIR,
     AccelerateEngine,
@@ -82,9 +86,6 @@ from lsvcr.utils.loggers import is_rank_zero
 log = logging.getLogger("lsvcr")
 
 STATE_FILE = "trainer_state.json"
-LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
-# logged next to the losses: in-batch retrieval accuracy and representation collapse (lsvcr.losses.align)
-DIAGNOSTIC_KEYS = ("rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
 
 
 # ---------------------------------------------------------------- config -> parts
@@ -185,7 +186,8 @@ def _unbatched(x):
     return x
 
 
-def _collator(cfg: DictConfig, ds, tokenizer) -> AlignCollator:
+def _collator(cfg: DictConfig, ds, tokenizer, split: str = "train", train: bool = True) -> AlignCollator:
+    """The training collator, or (``train=False``) the deterministic one of the held-out evaluation."""
     a = cfg.align
     try:
         prompts = PromptBuilder(OmegaConf.to_container(cfg.prompts, resolve=True), tokenizer,
@@ -194,8 +196,9 @@ def _collator(cfg: DictConfig, ds, tokenizer) -> AlignCollator:
         raise ConfigError(str(e)) from None
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     aug = AugmentConfig(**OmegaConf.to_container(a.augment, resolve=True))
-    return AlignCollator(ds, gatherer, prompts, cfg.embed.max_length, aug, seed=int(cfg.seed),
-                         max_item_comments=int(a.max_item_comments), max_position=int(cfg.model.sr.max_position))
+    return AlignCollator(ds, gatherer, prompts, cfg.embed.max_length, aug, seed=int(cfg.seed), split=split,
+                         train=train, max_item_comments=int(a.max_item_comments),
+                         max_position=int(cfg.model.sr.max_position))
 
 
 def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
@@ -210,6 +213,7 @@ def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
 class TrainState:
     step: int = 0
     losses: list | None = None  # one entry per logged step
+    evals: list | None = None  # one entry per held-out evaluation
 
 
 def _save(path: Path, r: _Run) -> None:
@@ -260,7 +264,8 @@ def _load_trainer(ckpt: Path, engine: Engine, plan: Plan) -> TrainState:
                           "resume with the hardware that wrote it")
     engine.load_trainer(ckpt)
     log.info("resumed %s at step %d of %d", ckpt, saved["step"], plan.total_steps)
-    return TrainState(step=int(saved["step"]), losses=list(saved.get("losses") or []))
+    return TrainState(step=int(saved["step"]), losses=list(saved.get("losses") or []),
+                      evals=list(saved.get("evals") or []))
 
 
 # ---------------------------------------------------------------- training
@@ -279,6 +284,9 @@ class _Run:
     collator: AlignCollator
     logger: object
     state: TrainState
+    eval_cfg: align_eval.EvalSettings
+    heldout: align_eval.HeldOut | None  # None: no held-out evaluation
+    eval_seconds: float = 0.0
 
 
 def _train(r: _Run) -> None:
@@ -286,6 +294,8 @@ def _train(r: _Run) -> None:
     window, count = defaultdict(float), 0
     bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
     eng.model.train()
+    if r.heldout and r.eval_cfg.initial and state.step == 0:
+        _evaluate(r)
     while state.step < plan.total_steps:
         epoch, done = divmod(state.step, plan.steps_per_epoch)
         data = AlignEpoch(r.items, r.collator, plan, eng.rank, int(r.cfg.seed), epoch)
@@ -306,11 +316,15 @@ def _train(r: _Run) -> None:
                 entry = _log_window(r, window, count, epoch)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 window, count = defaultdict(float), 0
+            if r.heldout and r.eval_cfg.every and state.step % r.eval_cfg.every == 0:
+                _evaluate(r)
             if a.save_every and state.step % int(a.save_every) == 0 and state.step < plan.total_steps:
                 _save(r.path / f"{CKPT_DIR}_step{state.step}", r)
             if state.step >= plan.total_steps:
                 break
     bar.close()
+    if r.heldout and not (state.evals and state.evals[-1]["step"] == state.step):
+        _evaluate(r)  # the final weights are always evaluated
 
 
 def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
@@ -329,6 +343,15 @@ def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
     return entry
 
 
+def _evaluate(r: _Run) -> None:
+    """A held-out evaluation at the current step (every rank; :mod:`lsvcr.pipelines.align_eval`)."""
+    t0 = time.perf_counter()
+    values = align_eval.evaluate(r.engine, r.heldout)
+    entry = align_eval.record(values, r.state.step, r.plan.total_steps, r.heldout, r.eval_cfg, r.path, r.logger)
+    r.state.evals.append(entry)
+    r.eval_seconds += time.perf_counter() - t0
+
+
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
     a = cfg.align
     kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
@@ -342,6 +365,7 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
 
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
+    eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
@@ -352,9 +376,14 @@ def run(cfg: DictConfig) -> float:
     plan = _plan(cfg, len(items), distributed.rank_and_world()[1])
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
     engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
-    state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [])
+    state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
+    heldout = align_eval.build_heldout(eval_cfg, AlignSamples(ds, tasks, "val").items,
+                                       _collator(cfg, ds, bundle.tokenizer, split="val", train=False),
+                                       plan.micro_batch_size, plan.world, engine.rank, int(cfg.seed), tasks)
+    if heldout:
+        align_eval.restart_file(path, state.evals)
     r = _Run(cfg, path, llm_workdir(cfg, ds), engine, plan, items, _collator(cfg, ds, bundle.tokenizer),
-             start_logger(cfg, path), state)
+             start_logger(cfg, path), state, eval_cfg, heldout)
     # ds_numel: a parameter's size when ZeRO-3 has sharded it away
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module().parameters() if p.requires_grad)
     log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
@@ -371,18 +400,30 @@ def run(cfg: DictConfig) -> float:
 
 
 def _summarise(r: _Run, steps: int, seconds: float) -> float:
+    """align.json, losses.json and the held-out table; ``seconds`` is the loop's wall time, evaluations
+    included (``eval_seconds``), the rates are of training alone."""
     cuda = torch.cuda.is_available() and torch.device(r.engine.device).type == "cuda"
+    train_seconds = max(seconds - r.eval_seconds, 1e-9)
+    evals = r.state.evals
     summary = {
         "checkpoint": str(r.path / CKPT_DIR), "steps": steps, "total_steps": r.plan.total_steps,
-        "seconds": round(seconds, 2), "steps_per_second": round(steps / max(seconds, 1e-9), 3),
-        "samples_per_second": round(steps * r.plan.samples_per_step / max(seconds, 1e-9), 2),
+        "seconds": round(seconds, 2), "eval_seconds": round(r.eval_seconds, 2),
+        "steps_per_second": round(steps / train_seconds, 3),
+        "samples_per_second": round(steps * r.plan.samples_per_step / train_seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "plan": asdict(r.plan), "final": r.state.losses[-1] if r.state.losses else None,
+        # held-out evaluation: the last one, how many, and every val cosine above align.collapse_cosine
+        "val": evals[-1] if evals else None, "evaluations": len(evals),
+        "collapse_cosine": r.eval_cfg.collapse_cosine,
+        "collapse": [c for e in evals for c in align_eval.collapses(e, r.eval_cfg.collapse_cosine)],
     }
     write_json(r.path / "losses.json", r.state.losses)
     write_json(r.path / "align.json", summary)
-    log.info("aligned in %.1fs: %d steps (%.2f steps/s, %.1f samples/s), peak RSS %.0f MB%s; checkpoint %s",
-             seconds, steps, summary["steps_per_second"], summary["samples_per_second"], summary["peak_rss_mb"],
+    if evals:
+        align_eval.write_table(r.path, evals)
+    log.info("aligned in %.1fs (%.1fs of it held-out evaluation): %d steps (%.2f steps/s, %.1f samples/s), "
+             "peak RSS %.0f MB%s; checkpoint %s", seconds, r.eval_seconds, steps, summary["steps_per_second"],
+             summary["samples_per_second"], summary["peak_rss_mb"],
              f", peak CUDA {summary['peak_cuda_mb']:.0f} MB" if cuda else "", summary["checkpoint"])
     return float(summary["final"]["loss"]) if summary["final"] else float("nan")

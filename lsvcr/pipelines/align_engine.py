@@ -11,7 +11,8 @@ Two implementations:
   path serves CUDA and the CPU (``DS_ACCELERATOR=cpu``, gloo), and the CPU tests cover what GPU runs
   execute: only the device, the precision and the Adam kernel differ.
 
-Both step the scheduler once per optimizer step and compute the same losses (tests/test_deepspeed.py).
+Both step the scheduler once per optimizer step and compute the same losses (tests/test_deepspeed.py);
+:meth:`Engine.evaluating` and :meth:`Engine.eval_step` run the held-out evaluation (forward only).
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ class Engine:
         """Forward and backward of one micro-batch and, when it ends an accumulation window, the
         optimizer and scheduler steps; returns the model's outputs and whether a step was taken."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """A context for :meth:`eval_step`: eval mode (no dropout), no autograd graph, and afterwards
+        the random number generators as they were and train mode again, so an evaluation between
+        two optimizer steps leaves the training trajectory as it was. All ranks enter it together."""
+        cuda = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            self.model.train(False)
+            try:
+                yield
+            finally:
+                self.model.train(True)
+
+    def eval_step(self, batch) -> dict:
+        """The model's outputs on one micro-batch, no backward (call inside :meth:`evaluating`). It
+        runs the wrapped model, so mixed precision is that of training, and every rank must call it
+        as often as the others: the losses gather their in-batch negatives from all ranks."""
+        return self.model(batch.to(self.device))
 
     def lr(self) -> float:
         return float(self.sched.get_last_lr()[0])
@@ -200,6 +220,18 @@ class DeepSpeedEngine(Engine):
         if boundary:
             self.grad_norm = engine.get_global_grad_norm()
         return out, boundary
+
+    def eval_step(self, batch) -> dict:
+        """DeepSpeed's forward counts no micro-step (``step()`` does) and, without autograd, hooks no
+        backward: the accumulation window of the next training micro-batch is untouched. Checked,
+        because a wrong count would silently shift every later optimizer step."""
+        engine = self.model
+        before = engine.micro_steps, engine.global_steps
+        out = super().eval_step(batch)
+        if (engine.micro_steps, engine.global_steps) != before:
+            raise RuntimeError(f"DeepSpeed counted an evaluation forward as training: micro/global steps {before} -> "
+                               f"{(engine.micro_steps, engine.global_steps)}")
+        return out
 
     def _anchor(self) -> torch.Tensor:
         if self.model.zero_optimization_stage() == 3:  # sharded parameters; ZeRO-3 reduces from hooks of its own
