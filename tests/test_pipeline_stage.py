@@ -16,7 +16,7 @@ from lsvcr.pipelines.pipeline import STEPS, derive, step_dir
 pytestmark = pytest.mark.slow
 # one epoch per fine-tuning, four alignment steps: the recipe's every step, in seconds
 ARGS = ["stage=pipeline", *TINY, "embed.max_length=16", "model.llm.hidden_size=128", "model.llm.intermediate_size=256",
-        "finetune.epochs=1", "align.max_steps=4", "align.grad_accum=2"]
+        "finetune.epochs=1", "align.max_steps=4", "align.grad_accum=2", "align.eval_samples=8"]
 
 
 def test_steps_get_their_own_stage_task_model_and_directory(tmp_path):
