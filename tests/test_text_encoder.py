@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from lsvcr.models.llm.loader import TinyCausalLM
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, encode_texts, masked_mean, pad_ids, tokenize_texts
+from lsvcr.models.llm.text_encoder import (
+    LLMTextEncoder,
+    encode_texts,
+    length_buckets,
+    masked_mean,
+    pad_ids,
+    tokenize_texts,
+)
 
 TEXTS = ["今天天气真好[捂脸]", "hello world 😂", "哈哈哈哈[赞] great video, really a great one!!", "猫"]
 
@@ -101,3 +108,35 @@ def test_lora_wrapped_llm_encodes_and_trains_lora(bundle, encoder):
     wrapped.train()(**batch).sum().backward()
     lora_b = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g is not None for g in lora_b) and any(g.abs().sum() > 0 for g in lora_b)
+
+
+def test_length_buckets_keep_the_budget_and_cover_every_row_once():
+    lengths = torch.tensor([5, 1, 9, 3, 3, 7, 2, 20])
+    chunks = length_buckets(lengths, max_tokens=10)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(8))
+    for rows in chunks:  # within budget, except a row longer than the budget alone
+        assert len(rows) * int(lengths[rows].max()) <= 10 or len(rows) == 1
+    assert [lengths[c].tolist() for c in chunks] == [[1, 2, 3], [3, 5], [7], [9], [20]]
+    assert torch.equal(length_buckets(lengths, None)[0], torch.arange(8))
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        length_buckets(lengths, 0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_bucketed_pooling_equals_one_padded_batch_with_gradients(bundle, side):
+    """Length buckets change only the padding the LM computes on: pooled values and the gradient
+    they send back agree with one padded batch."""
+    ids = tokenize_texts(bundle.tokenizer, TEXTS * 3, max_length=32)
+    batch = pad_ids(ids, bundle.tokenizer.pad_token_id, side)
+    torch.manual_seed(0)
+    plain = LLMTextEncoder(copy.deepcopy(bundle.model), out_dim=16).eval()  # own copy: grads start empty
+    bucketed = copy.deepcopy(plain)
+    bucketed.bucket_tokens = 12  # several buckets of these 12 texts
+    assert len(length_buckets(batch["attention_mask"].sum(1), 12)) > 2
+    a, b = plain(**batch), bucketed(**batch)
+    assert torch.allclose(a, b, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), bucketed.parameters()):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name

@@ -73,6 +73,8 @@ class AlignmentModel(nn.Module):
         gradient_checkpointing: recompute the LLM's layers in backward (non-reentrant, so the
             frozen embedding output needs no ``requires_grad``).
         llm_info: where the base LLM came from (name, source), recorded in checkpoints.
+        text_bucket_tokens: the text encoder's length buckets (:class:`LLMTextEncoder`
+            ``bucket_tokens``; ``align.text_bucket_tokens``): a speed setting, not saved.
     """
 
     def __init__(
@@ -85,12 +87,14 @@ class AlignmentModel(nn.Module):
         temperature: float = 0.07,
         gradient_checkpointing: bool = False,
         llm_info: Mapping[str, str] | None = None,
+        text_bucket_tokens: int | None = None,
     ):
         super().__init__()
         self.sr_config = {k: v for k, v in dict(sr_config).items() if k not in ALIGN_SR_MODE}
         self.sr = LSVCR(**self.sr_config, **ALIGN_SR_MODE)
         hidden = int(_unwrap(llm).config.hidden_size)
-        self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden)
+        self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden,
+                                          bucket_tokens=text_bucket_tokens)
         self.contrast_adapter = nn.Linear(hidden, self.sr.adapter.out_features)
         init_weights(self.contrast_adapter)
         self.tokenizer = tokenizer

@@ -354,8 +354,11 @@ def _evaluate(r: _Run) -> None:
 
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
     a = cfg.align
+    bucket = a.get("text_bucket_tokens")
+    if bucket is not None and (not isinstance(bucket, int) or bucket < 1):
+        raise ConfigError(f"align.text_bucket_tokens={bucket}: expected a positive token budget or null")
     kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
-                  temperature=float(a.temperature))
+                  temperature=float(a.temperature), text_bucket_tokens=a.get("text_bucket_tokens"))
     if ckpt is not None:
         return load_alignment(ckpt, bundle, trainable=True, gradient_checkpointing=bundle.gradient_checkpointing,
                               **kwargs)

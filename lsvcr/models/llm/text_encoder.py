@@ -96,6 +96,30 @@ def llm_emb_mlp(hidden_size: int, out_dim: int, inner: int | None = None) -> nn.
     return nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, out_dim))
 
 
+def length_buckets(lengths: torch.Tensor, max_tokens: int | None) -> list[torch.Tensor]:
+    """Row indices of ``lengths [N]`` in chunks of similar length, each padding to at most ``max_tokens``.
+
+    Rows are sorted by length (stable) and cut greedily: a chunk grows while ``rows x its longest``
+    stays within ``max_tokens`` (a row longer than the budget is a chunk alone). So a chunk's padding
+    is only the difference to its longest row, where one ``[N, T]`` batch pads every row to the
+    longest of all. ``max_tokens=None`` = one chunk of every row, in their order.
+    """
+    n = int(lengths.numel())
+    if max_tokens is None or n == 0:
+        return [torch.arange(n, device=lengths.device)]
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens}: expected a positive token budget (or None)")
+    order = torch.sort(lengths.cpu(), stable=True).indices
+    sorted_len = lengths.cpu()[order].tolist()
+    chunks, start = [], 0
+    for i in range(1, n + 1):
+        # close the chunk [start, i) when row i would push rows x longest over the budget
+        if i == n or (i + 1 - start) * max(sorted_len[i], 1) > max_tokens:
+            chunks.append(order[start:i].to(lengths.device))
+            start = i
+    return chunks
+
+
 class LLMTextEncoder(nn.Module):
     """Causal LM (possibly LoRA-wrapped) or encoder + ``llm_emb_mlp`` (hidden -> hidden/4 -> GELU -> out_dim).
 
@@ -103,18 +127,40 @@ class LLMTextEncoder(nn.Module):
         llm: a transformers causal LM (or its PEFT wrapper), or an encoder-only ``AutoModel``.
         out_dim: embedding size handed to the SR (``llm_emb_size``, 256 in the paper).
         hidden_size: the LM's hidden size; read from ``llm.config`` when omitted.
+        bucket_tokens: :meth:`pooled` runs the LM on length buckets of at most this many (padded)
+            tokens instead of one batch padded to its longest text (:func:`length_buckets`); None =
+            one batch. The values agree to float rounding; only the padding the LM computes on changes.
     """
 
-    def __init__(self, llm: nn.Module, out_dim: int = DEFAULT_OUT_DIM, hidden_size: int | None = None):
+    def __init__(self, llm: nn.Module, out_dim: int = DEFAULT_OUT_DIM, hidden_size: int | None = None,
+                 bucket_tokens: int | None = None):
         super().__init__()
         self.llm = llm
         self.hidden_size = int(hidden_size or llm.config.hidden_size)
         self.out_dim = int(out_dim)
         self.llm_emb_mlp = llm_emb_mlp(self.hidden_size, self.out_dim)
+        self.bucket_tokens = None if bucket_tokens is None else int(bucket_tokens)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean over real tokens of the LM's last hidden state: ``[N, T]`` -> ``[N, hidden]`` float32."""
-        return masked_mean(decoder_hidden_states(self.llm, input_ids, attention_mask), attention_mask)
+        """Mean over real tokens of the LM's last hidden state: ``[N, T]`` -> ``[N, hidden]`` float32.
+
+        With ``bucket_tokens`` each length bucket is cut to the columns where it has real tokens
+        (every row is padded on the same side, so these are contiguous) and run alone.
+        """
+        chunks = length_buckets(attention_mask.sum(dim=1), self.bucket_tokens)
+        if len(chunks) == 1:
+            return masked_mean(decoder_hidden_states(self.llm, input_ids, attention_mask), attention_mask)
+        parts = []
+        for rows in chunks:
+            mask = attention_mask[rows]
+            cols = mask.any(dim=0)
+            if not bool(cols.any()):  # rows without a real token pool to 0 (masked_mean) whatever runs
+                cols[-1] = True
+            ids, mask = input_ids[rows][:, cols], mask[:, cols]
+            parts.append(masked_mean(decoder_hidden_states(self.llm, ids, mask), mask))
+        out = torch.cat(parts)
+        # back to the input's row order: out[k] is row order[k]
+        return out[torch.argsort(torch.cat(chunks))]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False
