@@ -172,7 +172,11 @@ def test_eval_schedule_without_samples_is_refused_and_defaults_are_end_only():
     assert align_eval.eval_settings(cfg_of().align) == align_eval.EvalSettings(256, None, False, 0.95)
 
 
-def test_cli_refuses_a_bad_eval_key_before_any_work(tmp_path):
-    r = run_cli(["stage=align", "align.eval_every=0"], tmp_path, env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 2 and "align.eval_every=0" in r.stderr
+@pytest.mark.parametrize("override, message", [
+    ("align.eval_every=0", "align.eval_every=0"),
+    ("align.text_bucket_tokens=0", "align.text_bucket_tokens=0: expected a positive token budget or null"),
+])
+def test_cli_refuses_a_bad_align_key_before_any_work(tmp_path, override, message):
+    r = run_cli(["stage=align", override], tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and message in r.stderr
     assert not (tmp_path / "data").exists()  # nothing prepared

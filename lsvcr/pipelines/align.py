@@ -352,13 +352,18 @@ def _evaluate(r: _Run) -> None:
     r.eval_seconds += time.perf_counter() - t0
 
 
+def _text_bucket_tokens(cfg: DictConfig) -> int | None:
+    """``align.text_bucket_tokens``, checked: a positive token budget or None."""
+    bucket = cfg.align.get("text_bucket_tokens")
+    if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1):
+        raise ConfigError(f"align.text_bucket_tokens={bucket}: expected a positive token budget or null")
+    return bucket
+
+
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
     a = cfg.align
-    bucket = a.get("text_bucket_tokens")
-    if bucket is not None and (not isinstance(bucket, int) or bucket < 1):
-        raise ConfigError(f"align.text_bucket_tokens={bucket}: expected a positive token budget or null")
     kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
-                  temperature=float(a.temperature), text_bucket_tokens=a.get("text_bucket_tokens"))
+                  temperature=float(a.temperature), text_bucket_tokens=_text_bucket_tokens(cfg))
     if ckpt is not None:
         return load_alignment(ckpt, bundle, trainable=True, gradient_checkpointing=bundle.gradient_checkpointing,
                               **kwargs)
@@ -369,6 +374,7 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
+    _text_bucket_tokens(cfg)  # so does a bad align.text_bucket_tokens
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)

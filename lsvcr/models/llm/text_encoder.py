@@ -109,8 +109,8 @@ def length_buckets(lengths: torch.Tensor, max_tokens: int | None) -> list[torch.
         return [torch.arange(n, device=lengths.device)]
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens}: expected a positive token budget (or None)")
-    order = torch.sort(lengths.cpu(), stable=True).indices
-    sorted_len = lengths.cpu()[order].tolist()
+    ordered = torch.sort(lengths.cpu(), stable=True)
+    order, sorted_len = ordered.indices, ordered.values.tolist()
     chunks, start = [], 0
     for i in range(1, n + 1):
         # close the chunk [start, i) when row i would push rows x longest over the budget
