@@ -26,6 +26,23 @@ runs in float32 without gradient checkpointing (``--smollm2-dtype``; bfloat16 is
 CPUs without native bf16), on a GPU in bfloat16 with gradient checkpointing and ``--hardware``'s
 precision.
 
+Model FLOP/s and its share of the machine. The script times this machine's float32 matmul rate
+itself, in the same run with the same threads, before and after the stage runs (``torch.mm`` at
+``[4096, H] @ [H, 4H]`` and ``2048^3``; the best of both, so the share is conservative). The
+model's useful FLOPs of a timed step are counted from the rebuilt batches, per real token (padding
+counts for nothing), with the base LLM frozen and LoRA's own arithmetic left out (under 1%):
+
+* linear layers: ``4 x P`` per real prompt, response or text token (forward ``2P`` + the backward
+  pass into the activations ``2P``; frozen weights get no weight gradient), ``P`` = the LLM's
+  linear-layer weights without the input embeddings and the LM head;
+* attention: a causal row of ``L`` real tokens costs ``2 x L^2 x A`` per layer forward
+  (``QK^T`` and ``AV`` over ``L(L+1)/2`` pairs, ``A`` = heads x head dim), 3x that with backward;
+* LM head: ``4 x V x H`` per response token (it runs only where there is a label).
+
+``--extra align.text_bucket_tokens=2048`` times the length-bucketed text pass; ``--variants``
+runs several override sets one after the other in one invocation (``--variants "" \
+"align.text_bucket_tokens=2048"``), so their figures share the same matmul rate.
+
 The machine's load average is printed first: on a shared machine, repeat runs when it is high.
 """
 
@@ -39,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -63,7 +81,7 @@ def overrides(args, model: str) -> list[str]:
         f"align.max_steps={args.warmup + args.steps}", "align.log_every=1", "align.save_every=null",
         f"align.max_prompt_tokens={args.prompt_tokens}", f"align.max_response_tokens={args.response_tokens}",
         f"data.max_phis_len={args.history}", f"data.max_chis_len={args.history}",
-        f"embed.max_length={args.text_tokens}",
+        f"embed.max_length={args.text_tokens}", "align.eval_samples=0",
     ]
     if model == "smollm2_135m":
         dtype = args.smollm2_dtype or ("bfloat16" if args.hardware != "cpu" else "float32")
@@ -72,11 +90,11 @@ def overrides(args, model: str) -> list[str]:
     return o + list(args.extra)
 
 
-def run_stage(args, model: str, run_dir: Path) -> dict:
+def run_stage(args, model: str, run_dir: Path, variant: list[str]) -> dict:
     """One ``stage=align`` run; its summary, step times and wall seconds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=f"{REPO}{os.pathsep}"
                + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "lsvcr.main", *overrides(args, model), f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "lsvcr.main", *overrides(args, model), *variant, f"hydra.run.dir={run_dir}"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
@@ -88,13 +106,36 @@ def run_stage(args, model: str, run_dir: Path) -> dict:
     return {"summary": summary, "times": step_times((run_dir / "main.log").read_text()), "wall": wall}
 
 
-def timed_tokens(run_dir: Path, warmup: int, steps: int) -> tuple[int, int]:
-    """Prompt+response and text tokens (no padding) of the timed micro-batches, rebuilt with the
-    stage's batch code from the run's saved config and tokenizer."""
+@dataclass
+class TimedWork:
+    """Real (unpadded) tokens of the timed micro-batches, and the per-row lengths the LLM ran on.
+
+    With ``align.text_table_refresh`` the SR's texts run without gradients, and only those the
+    table lacked (the stage's table, replayed from step 0): ``table_text_tokens`` of them, each
+    costing a forward pass alone; the others cost nothing."""
+
+    table: bool = False  # align.text_table_refresh was set
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    text_tokens: int = 0  # every SR-side text of the micro-batches (what the paper's step encodes)
+    table_text_tokens: int = 0  # of those, encoded without gradients by the table
+    rows: list[int] = field(default_factory=list)  # real length of every row run with gradients
+    table_rows: list[int] = field(default_factory=list)  # ... and of every row run without
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.text_tokens
+
+
+def timed_tokens(run_dir: Path, warmup: int, steps: int) -> TimedWork:
+    """The timed micro-batches' real tokens, rebuilt with the stage's batch code from the run's
+    saved config and tokenizer."""
+    import torch
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
     from lsvcr.data.align_batch import AlignSamples
+    from lsvcr.models.llm.text_table import PooledTextTable
     from lsvcr.pipelines.align import AlignEpoch, Plan, _collator, _tasks
     from lsvcr.pipelines.common import load_dataset
 
@@ -106,29 +147,125 @@ def timed_tokens(run_dir: Path, warmup: int, steps: int) -> tuple[int, int]:
         tokenizer.pad_token = tokenizer.eos_token
     ds = load_dataset(cfg)
     epoch = AlignEpoch(AlignSamples(ds, _tasks(cfg)).items, _collator(cfg, ds, tokenizer), plan, 0, int(cfg.seed), 0)
-    prompt = text = 0
-    for b in range(warmup * plan.grad_accum, (warmup + steps) * plan.grad_accum):
+    refresh = cfg.align.get("text_table_refresh")
+    table = PooledTextTable(int(refresh)) if refresh else None
+    work = TimedWork(table=table is not None)
+    start = warmup * plan.grad_accum
+    for b in range(0 if table else start, (warmup + steps) * plan.grad_accum):
         batch = epoch[b]
-        prompt += int(batch.attention_mask.sum())
-        text += int(batch.item_mask.sum())
-    return prompt, text
+        lengths = batch.item_mask.sum(1)
+        new = None
+        if table is not None:  # the stage's table: which rows this micro-batch computes
+            table.at_step(b // plan.grad_accum)
+            new = table.missing(batch.item_keys)
+            table.add(batch.item_keys[new], torch.zeros(len(new), 1))
+        if b < start:
+            continue
+        work.prompt_tokens += int(batch.attention_mask.sum())
+        work.response_tokens += int((batch.labels[:, 1:] != -100).sum())
+        work.text_tokens += int(lengths.sum())
+        work.rows += batch.attention_mask.sum(1).tolist()
+        if new is None:
+            work.rows += lengths.tolist()
+        else:
+            work.table_text_tokens += int(lengths[new].sum())
+            work.table_rows += lengths[new].tolist()
+    return work
 
 
-def report(model: str, args, r: dict, tokens: tuple[int, int] | None, note: str = "") -> None:
+@dataclass
+class LLMShape:
+    linear_params: int  # linear-layer weights without the input embeddings and the LM head
+    attn_width: int  # heads x head dim
+    layers: int
+    vocab: int
+    hidden: int
+
+
+def llm_shape(run_dir: Path) -> LLMShape:
+    """The run's LLM, built on the meta device from its config (no weights read)."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = OmegaConf.load(run_dir / "align" / "config.yaml")
+    llm = cfg.model.llm
+    if llm.get("name_or_path"):
+        config = AutoConfig.from_pretrained(llm.name_or_path)
+    else:  # model/llm=tiny: its dimensions are in the config, its vocabulary is the saved tokenizer's
+        from transformers import AutoTokenizer, LlamaConfig
+
+        vocab = len(AutoTokenizer.from_pretrained(run_dir / "align" / "tokenizer"))
+        config = LlamaConfig(vocab_size=vocab, hidden_size=llm.hidden_size, num_hidden_layers=llm.num_layers,
+                             num_attention_heads=llm.num_heads, intermediate_size=llm.intermediate_size,
+                             num_key_value_heads=llm.num_kv_heads or llm.num_heads)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and m is not head)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return LLMShape(linear, text.num_attention_heads * head_dim, text.num_hidden_layers, text.vocab_size,
+                    text.hidden_size)
+
+
+def model_flops(work: TimedWork, shape: LLMShape) -> dict[str, float]:
+    """FLOPs of the timed steps by part (the formula in the module docstring): the arithmetic the
+    model needs, padding left out; texts a table encodes count one forward pass (2P, attention 1x)."""
+    grad_tokens = work.prompt_tokens + (0 if work.table else work.text_tokens)
+    attn = 2.0 * shape.attn_width * shape.layers
+    return {
+        "linear": 4.0 * shape.linear_params * grad_tokens + 2.0 * shape.linear_params * work.table_text_tokens,
+        "attention": attn * (3.0 * sum(float(n) ** 2 for n in work.rows)
+                             + sum(float(n) ** 2 for n in work.table_rows)),
+        "lm_head": 4.0 * shape.vocab * shape.hidden * work.response_tokens,
+    }
+
+
+def matmul_rate(hidden: int, threads: int, seconds: float = 3.0) -> float:
+    """This machine's float32 ``torch.mm`` FLOP/s: the best of two shapes (one like the LLM's MLP)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    best = 0.0
+    for m, k, n in ((4096, hidden, 4 * hidden), (2048, 2048, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2.0 * m * k * n * reps / (time.perf_counter() - t0))
+    return best
+
+
+def report(model: str, args, r: dict, work: TimedWork | None, flops: dict | None, rate: float | None,
+           note: str = "") -> None:
     s, times = r["summary"], r["times"]
     first, last = args.warmup, args.warmup + args.steps
     seconds = times[last] - times[first]
     steps_s = args.steps / seconds
     per_step = s["plan"]["micro_batch_size"] * s["plan"]["grad_accum"] * s["plan"]["world"]
-    line = (f"align {model}: {steps_s:.3f} steps/s, {steps_s * per_step:.2f} samples/s ({args.steps} steps of "
-            f"{per_step} samples in {seconds:.1f}s after {args.warmup} warm-up")
-    if tokens is not None:
-        line += f"; {sum(tokens) / seconds:.0f} tokens/s: {tokens[0]} prompt+response + {tokens[1]} text tokens"
+    line = (f"align {model}{r['label']}: {steps_s:.3f} steps/s, {steps_s * per_step:.2f} samples/s ({args.steps} "
+            f"steps of {per_step} samples in {seconds:.1f}s after {args.warmup} warm-up")
+    if work is not None:
+        line += (f"; {work.tokens / seconds:.0f} tokens/s: {work.prompt_tokens} prompt+response "
+                 f"({work.response_tokens} response) + {work.text_tokens} text tokens")
+        if work.table:
+            line += f", {work.table_text_tokens} of them encoded by the text table"
     line += f"); peak RSS {s['peak_rss_mb']:.0f} MB"
     if s.get("peak_cuda_mb") is not None:
         line += f", peak CUDA {s['peak_cuda_mb']:.0f} MB"
     line += f"; whole run {r['wall']:.0f}s, final loss {s['final']['loss']:.4f}{note}"
     print(line, flush=True)
+    if flops is not None:
+        total = sum(flops.values())
+        parts = ", ".join(f"{k} {v / total:.0%}" for k, v in flops.items())
+        line = f"  model FLOP/s {total / seconds / 1e9:.1f} G ({parts})"
+        if rate:
+            line += f" = {total / seconds / rate:.1%} of the measured matmul rate {rate / 1e9:.1f} GFLOP/s"
+        print(line, flush=True)
 
 
 def main() -> None:
@@ -150,6 +287,9 @@ def main() -> None:
     ap.add_argument("--no-tokens", action="store_true", help="skip rebuilding the timed batches to count tokens")
     ap.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
     ap.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="override sets (each one quoted string, '' = none) run one after the other for every model")
+    ap.add_argument("--no-matmul", action="store_true", help="skip timing the matmul rate (no FLOP share)")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be at least 1 (steps are timed from the warm-up's last log line)")
@@ -161,21 +301,36 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
           flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench_align_"))
+    variants = [v.split() for v in args.variants] if args.variants else [[]]
+    rate = None
+    if not args.no_tokens and not args.no_matmul and args.hardware == "cpu":
+        rate = matmul_rate(576, args.threads)
+        print(f"float32 matmul rate before the runs: {rate / 1e9:.1f} GFLOP/s", flush=True)
+    results = []
     for model in args.models:
         if model == "smollm2_135m" and not (Path(args.smollm2_dir) / "config.json").is_file():
             print(f"align {model}: skipped, no model directory at {args.smollm2_dir} (make it with "
                   "`lsvcr-assets fetch smollm2-135m`, or pass --smollm2-dir)", flush=True)
             continue
-        run_dir = root / model
-        r = run_stage(args, model, run_dir)
-        tokens, note = None, ""
-        if not args.no_tokens:
-            try:
-                tokens = timed_tokens(run_dir, args.warmup, args.steps)
-            except (ImportError, AttributeError, TypeError, KeyError, OSError) as e:
-                # the stage's batch internals moved: the timing still stands
-                note = f"; tokens/s n/a ({type(e).__name__}: {e})"
-        report(model, args, r, tokens, note)
+        for i, variant in enumerate(variants):
+            run_dir = root / f"{model}-{i}"
+            r = run_stage(args, model, run_dir, variant)
+            r["label"] = f" [{' '.join(variant)}]" if variant else ""
+            work, flops, note = None, None, ""
+            if not args.no_tokens:
+                try:
+                    work = timed_tokens(run_dir, args.warmup, args.steps)
+                    flops = model_flops(work, llm_shape(run_dir))
+                except (ImportError, AttributeError, TypeError, KeyError, OSError) as e:
+                    # the stage's batch internals moved: the timing still stands
+                    note = f"; tokens/s n/a ({type(e).__name__}: {e})"
+            results.append((model, r, work, flops, note))
+    if rate is not None:
+        after = matmul_rate(576, args.threads)
+        print(f"float32 matmul rate after the runs: {after / 1e9:.1f} GFLOP/s", flush=True)
+        rate = max(rate, after)
+    for model, r, work, flops, note in results:
+        report(model, args, r, work, flops, rate, note)
     if args.keep:
         print(f"run directories under {root}", flush=True)
     else:

@@ -174,7 +174,8 @@ def synthetic_align_batch(args: argparse.Namespace, vocab: int, g: torch.Generat
     return AlignBatch(input_ids=_randint(g, 2, vocab, b, t), attention_mask=torch.ones(b, t, dtype=torch.long),
                       labels=labels, last_prompt_index=torch.full((b,), t - r - 1),
                       item_ids=_randint(g, 2, vocab, n, args.item_len),
-                      item_mask=torch.ones(n, args.item_len, dtype=torch.long), history=history,
+                      item_mask=torch.ones(n, args.item_len, dtype=torch.long), item_keys=torch.arange(1, n + 1),
+                      history=history,
                       target_row=_randint(g, 1, n + 1, b), task=torch.arange(b) % 2)
 
 

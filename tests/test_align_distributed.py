@@ -174,3 +174,41 @@ def test_two_rank_embedding_of_the_aligned_llm_equals_one_process(out, two, tmp_
         assert a.shape == b.shape and a.shape[0] > 1 and np.isfinite(a).all()
         # each length-sorted batch is the one-process batch: bit-identical rows
         assert np.array_equal(a, b), f"{name}: max abs difference {np.abs(a - b).max()}"
+
+
+# align.text_table_refresh=3: windows of steps {1, 2, 3} and {4}, so the step-2 checkpoint is mid-window
+TABLE = ["align.text_table_refresh=3"]
+
+
+@pytest.fixture(scope="module")
+def one_table(out, one) -> Path:
+    return _run([*ALIGN, *ONE, *TABLE], out)[0]
+
+
+@pytest.fixture(scope="module")
+def two_table(out, one) -> Path:
+    return _run([*ALIGN, *TWO, *TABLE], out)[0]
+
+
+def test_text_table_two_ranks_train_as_one_process_and_resume_exactly(out, one, one_table, two_table):
+    """The ranks exchange the rows they compute, so every rank holds the one-process table: the same
+    losses and weights; the checkpoint carries the table, so a resume mid-window is exact."""
+    a, b = _losses(one_table), _losses(two_table)
+    diffs = _max_diffs(a, b)
+    weights = _weights_diff(one_table / "align", two_table / "align")
+    lora = _lora_diff(one_table / "align", two_table / "align")
+    print("text table, max abs differences, 1 process x 8 vs 2 ranks x 4:", diffs, "modules", weights, "lora", lora)
+    assert all(diffs[k] < 1e-5 for k in LOSS_KEYS) and weights < 1e-5 and lora < 1e-5, (diffs, weights, lora)
+    # a different step from the paper's: from step 2 on the SR reads rows of step 1's LLM
+    assert _losses(one)[0]["loss"] == pytest.approx(a[0]["loss"], abs=1e-5)  # step 1: the same rows
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(_losses(one)[1:], a[1:])) > 1e-4
+    assert (two_table / "align_step2" / "text_table.safetensors").is_file()
+    resumed, text = _run([*ALIGN, *TWO, *TABLE, f"align.resume={two_table / 'align_step2'}"], out)
+    assert f"resumed {two_table / 'align_step2'} at step 2 of {STEPS}" in text
+    assert _losses(resumed) == b
+    for name in ("modules.safetensors", "lora/adapter_model.safetensors"):
+        x, y = load_file(two_table / "align" / name), load_file(resumed / "align" / name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    # resuming a run written without the table refuses with the setting's name
+    r = run_cli([*ALIGN, *TWO, *TABLE, f"align.resume={one / 'align_step2'}"], out, timeout=240, env=ENV)
+    assert r.returncode != 0 and "no text table" in r.stderr and "align.text_table_refresh" in r.stderr

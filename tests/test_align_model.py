@@ -274,3 +274,132 @@ def test_load_rejects_keys_that_do_not_fit(world, batch, tmp_path):
     save_file({**lora, "base_model.model.extra.lora_A.weight": torch.zeros(2)}, adapter)
     with pytest.raises(ValueError, match="adapter does not fit"):
         load_alignment(out, make_bundle(world))
+
+
+# ---------------------------------------------------------------- align.text_table_refresh
+
+
+def make_quiet_model(world, **kw) -> AlignmentModel:
+    """:func:`make_model` without dropout anywhere (LoRA's and the SR's): train mode is then deterministic."""
+    from lsvcr.models.llm.loader import TinyCausalLM
+
+    ds, workdir = world
+    spec = TinyCausalLM(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1,
+                        lora={"dropout": 0.0})
+    bundle = spec.build(lambda: iter(ds.video_titles().to_pylist() + ds.comment_texts().to_pylist()), workdir)
+    torch.manual_seed(0)
+    sr = {"num_videos": ds.num_videos, **SR, "dropout": 0.0, "attn_dropout": 0.0}
+    return AlignmentModel.from_bundle(bundle, sr, **kw)
+
+
+def _loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)  # the SR's random positions (the batch carries none)
+    loss = model(batch)["loss"]
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_text_table_at_refresh_1_is_the_live_step_without_lora_gradients_through_the_texts(world, batch,
+                                                                                          monkeypatch):
+    # the live step's LoRA A/B are non-zero after one optimizer step, so the LLM's output moves with them
+    live, tabled = make_quiet_model(world).train(), make_quiet_model(world, text_table_refresh=1).train()
+    train_steps(live, batch, 1)
+    tabled.load_state_dict(live.state_dict())
+    tabled.text_table.at_step(0)
+    loss, grads = _loss_and_grads(tabled, batch)
+    assert len(tabled.text_table) == batch.item_keys.numel() == tabled.text_table.computed
+    # the paper's step with the item texts' pooled states detached: the same loss and every gradient
+    encoder = live.text_encoder
+    pooled = encoder.pooled
+    monkeypatch.setattr(encoder, "pooled", lambda ids, mask: pooled(ids, mask).detach())
+    want_loss, want = _loss_and_grads(live, batch)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+    assert grads.keys() == want.keys()
+    for n in grads:
+        assert torch.allclose(grads[n], want[n], atol=1e-6), n
+    assert any("lora_B" in n and g.abs().sum() > 0 for n, g in grads.items())  # from the prompt side
+    monkeypatch.undo()
+    _, through_texts = _loss_and_grads(live, batch)
+    assert any(not torch.allclose(through_texts[n], want[n], atol=1e-6) for n in want if "lora" in n)
+
+
+def _rec_loss(model, batch) -> float:
+    """The SR-side loss (the table's rows, the SR and llm_emb_mlp; no prompt), random positions seeded."""
+    torch.manual_seed(7)
+    with torch.no_grad():
+        return model(batch)["rec_loss"].item()
+
+
+def test_text_table_rows_are_computed_once_per_window_and_evaluation_encodes_live(world, batch):
+    model = make_quiet_model(world, text_table_refresh=2).train()
+    table = model.text_table
+    evaluated = _rec_loss(model.eval(), batch)
+    assert len(table) == 0  # evaluation encodes live and leaves the table alone
+    table.at_step(0)
+    first = _rec_loss(model.train(), batch)
+    n = batch.item_keys.numel()
+    assert table.computed == n and set(table.rows) == set(batch.item_keys.tolist())
+    with torch.no_grad():  # move the LLM: the table's rows are now stale
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    table.at_step(1)  # the same window: nothing is recomputed, the SR reads the stale rows
+    assert _rec_loss(model, batch) == first and table.computed == n
+    # evaluation encodes live: it sees the moved LLM
+    assert _rec_loss(model.eval(), batch) != pytest.approx(evaluated, rel=1e-4) and table.computed == n
+    model.train()
+    table.at_step(2)  # a new window: every row is the current LLM's
+    assert len(table) == 0
+    fresh = _rec_loss(model, batch)
+    assert table.computed == 2 * n and fresh != pytest.approx(first, rel=1e-4)
+
+
+def test_text_table_checkpoint_round_trip_and_errors(tmp_path):
+    from lsvcr.models.llm.text_table import PooledTextTable
+
+    table = PooledTextTable(3)
+    table.at_step(4)  # window 1
+    table.add(torch.tensor([7, 2, 7]), torch.arange(9.0).view(3, 3))
+    assert sorted(table.rows) == [2, 7] and torch.equal(table.rows[7], torch.tensor([0.0, 1.0, 2.0]))  # first kept
+    assert table.missing(torch.tensor([2, 5, 7, 9])).tolist() == [1, 3]
+    table.save(tmp_path)
+    back = PooledTextTable(3)
+    back.load(tmp_path)
+    assert back.window == 1 and back.computed == 2 and back.rows.keys() == table.rows.keys()
+    assert all(torch.equal(back.rows[k], table.rows[k]) for k in table.rows)
+    back.at_step(5)
+    assert len(back) == 2  # still window 1
+    back.at_step(6)
+    assert len(back) == 0
+    with pytest.raises(ValueError, match=r"written with align\.text_table_refresh=3, this run has 4"):
+        PooledTextTable(4).load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no text table"):
+        PooledTextTable(3).load(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="refresh=0"):
+        PooledTextTable(0)
+
+
+def _exchange_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from lsvcr.models.llm.text_table import PooledTextTable
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # rank 0 computed keys 3 and 5, rank 1 nothing, rank 2 keys 5 (again) and 8
+        mine = {0: [3, 5], 1: [], 2: [5, 8]}[rank]
+        keys = torch.tensor(mine, dtype=torch.long)
+        pooled = torch.stack([torch.full((2,), 10.0 * k + rank) for k in mine]) if mine else torch.zeros(0, 2)
+        table = PooledTextTable(1)
+        table.add(*PooledTextTable.exchange(keys, pooled))
+        torch.save({k: v for k, v in table.rows.items()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_text_table_exchange_gives_every_process_the_same_rows(tmp_path):
+    spawn_workers(_exchange_worker, (3, str(tmp_path / "init"), str(tmp_path)), 3)
+    tables = [torch.load(tmp_path / f"rank{r}.pt") for r in range(3)]
+    # every key once, the lowest rank's row where two computed it
+    want = {3: torch.tensor([30.0, 30.0]), 5: torch.tensor([50.0, 50.0]), 8: torch.tensor([82.0, 82.0])}
+    for t in tables:
+        assert t.keys() == want.keys() and all(torch.equal(t[k], want[k]) for k in want)

@@ -117,6 +117,7 @@ class AlignBatch:
         last_prompt_index: ``[B]`` column of each row's last prompt token.
         item_ids: ``[N, S]`` the batch's unique texts (local index ``r + 1`` = row ``r``).
         item_mask: ``[N, S]``.
+        item_keys: ``[N]`` each text's global key (titles ``1..V``, comments ``V + 1..V + C``).
         history: both histories and the target video as *local* indices.
         target_row: ``[B]`` local index of the SR's target text (rec: the target title;
             comm_rank: the positive comment that is also the LM response).
@@ -129,6 +130,7 @@ class AlignBatch:
     last_prompt_index: torch.Tensor
     item_ids: torch.Tensor
     item_mask: torch.Tensor
+    item_keys: torch.Tensor
     history: HistoryBatch
     target_row: torch.Tensor
     task: torch.Tensor
@@ -452,6 +454,7 @@ class AlignCollator:
         return AlignBatch(
             input_ids=llm["input_ids"], attention_mask=llm["attention_mask"], labels=llm["labels"],
             last_prompt_index=llm["last_prompt_index"], item_ids=items["input_ids"], item_mask=items["attention_mask"],
+            item_keys=torch.from_numpy(keys.astype(np.int64)),
             history=history, target_row=target_row, task=torch.from_numpy(views.task.copy()),
         )
 

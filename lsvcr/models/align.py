@@ -5,7 +5,9 @@ One forward pass over an :class:`~lsvcr.data.align_batch.AlignBatch`:
 1. the LoRA LLM reads the prompts: LM loss on the response tokens, and the hidden state of the last
    prompt token through ``contrast_adapter`` is the LLM user representation;
 2. the same LoRA LLM encodes the batch's unique texts (mean pool + ``llm_emb_mlp``) into a
-   batch-local table, so the SR's gradients reach the LoRA weights;
+   batch-local table, so the SR's gradients reach the LoRA weights (or, with
+   ``text_table_refresh``, the pooled states come from a :class:`PooledTextTable` of the LLM,
+   refreshed every N optimizer steps, and only ``llm_emb_mlp`` learns through them);
 3. the SR (no ID embeddings, random positions) reads both histories from that table;
 4. ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss``.
 
@@ -36,8 +38,9 @@ from torch import Tensor
 from lsvcr.data.align_batch import AlignBatch
 from lsvcr.losses.align import alignment_losses, response_lm_loss
 from lsvcr.models.llm.text_encoder import LLMTextEncoder, _unwrap, decoder_hidden_states
+from lsvcr.models.llm.text_table import PooledTextTable
 from lsvcr.models.sr.inputs import lookup_inputs
-from lsvcr.models.sr.layers import init_weights
+from lsvcr.models.sr.layers import Dropout, init_weights
 from lsvcr.models.sr.lsvcr import LSVCR
 
 if TYPE_CHECKING:  # transformers is imported by whoever builds the bundle, not by this module
@@ -49,6 +52,23 @@ MODULE_PREFIXES = ("sr.", "llm_emb_mlp.", "contrast_adapter.")
 MODULES_FILE, META_FILE, LORA_DIR, TOKENIZER_DIR = "modules.safetensors", "alignment.json", "lora", "tokenizer"
 #: settings the alignment fixes whatever the SR config says (no IDs; robust random positions)
 ALIGN_SR_MODE = {"use_ids": False, "random_positions": True}
+
+
+def _cheap_lora_dropout(llm: nn.Module) -> int:
+    """Swap PEFT's LoRA-input ``nn.Dropout`` modules for :class:`~lsvcr.models.sr.layers.Dropout`
+    (same ``p``, same inverted-dropout distribution, no state): on the CPU its mask costs ~5x less
+    than ``bernoulli_``, which took a quarter of a SmolLM2 alignment step (7 LoRA targets x 30
+    layers x every prompt and text token). Returns how many were swapped."""
+    swapped = 0
+    for module in llm.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for name, d in list(dropouts.items()):
+            if type(d) is nn.Dropout:
+                dropouts[name] = Dropout(d.p)
+                swapped += 1
+    return swapped
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -75,6 +95,9 @@ class AlignmentModel(nn.Module):
         llm_info: where the base LLM came from (name, source), recorded in checkpoints.
         text_bucket_tokens: the text encoder's length buckets (:class:`LLMTextEncoder`
             ``bucket_tokens``; ``align.text_bucket_tokens``): a speed setting, not saved.
+        text_table_refresh: None (the paper's step) or N: in training the SR reads the texts'
+            pooled states from a :class:`PooledTextTable` emptied every N optimizer steps
+            (``align.text_table_refresh``); evaluation always encodes them live.
     """
 
     def __init__(
@@ -88,11 +111,13 @@ class AlignmentModel(nn.Module):
         gradient_checkpointing: bool = False,
         llm_info: Mapping[str, str] | None = None,
         text_bucket_tokens: int | None = None,
+        text_table_refresh: int | None = None,
     ):
         super().__init__()
         self.sr_config = {k: v for k, v in dict(sr_config).items() if k not in ALIGN_SR_MODE}
         self.sr = LSVCR(**self.sr_config, **ALIGN_SR_MODE)
         hidden = int(_unwrap(llm).config.hidden_size)
+        _cheap_lora_dropout(llm)
         self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden,
                                           bucket_tokens=text_bucket_tokens)
         self.contrast_adapter = nn.Linear(hidden, self.sr.adapter.out_features)
@@ -100,6 +125,7 @@ class AlignmentModel(nn.Module):
         self.tokenizer = tokenizer
         self.rec_weight, self.contrast_weight, self.temperature = rec_weight, contrast_weight, temperature
         self.llm_info = dict(llm_info or {})
+        self.text_table = None if text_table_refresh is None else PooledTextTable(text_table_refresh)
         if gradient_checkpointing:
             _enable_checkpointing(_unwrap(llm))
 
@@ -122,10 +148,39 @@ class AlignmentModel(nn.Module):
     def llm_emb_mlp(self) -> nn.Module:
         return self.text_encoder.llm_emb_mlp
 
-    def encode_items(self, item_ids: Tensor, item_mask: Tensor) -> Tensor:
-        """``[N, S]`` texts -> local table ``[N + 1, E]`` whose row 0 is the zero padding row."""
-        emb = self.text_encoder(item_ids, item_mask)
+    def encode_items(self, item_ids: Tensor, item_mask: Tensor, item_keys: Tensor | None = None) -> Tensor:
+        """``[N, S]`` texts (global keys ``item_keys [N]``) -> local table ``[N + 1, E]`` whose row 0 is
+        the zero padding row. In training with a text table the pooled states are the table's."""
+        if self.text_table is not None and self.training:
+            if item_keys is None:
+                raise ValueError("align.text_table_refresh needs the batch's item_keys (global text keys)")
+            emb = self.text_encoder.project(self._table_rows(item_ids, item_mask, item_keys))
+        else:
+            emb = self.text_encoder(item_ids, item_mask)
         return torch.cat([emb.new_zeros(1, emb.shape[-1]), emb])
+
+    def _table_rows(self, item_ids: Tensor, item_mask: Tensor, item_keys: Tensor) -> Tensor:
+        """``[N, hidden]`` pooled states of the batch's texts from the table, after computing the
+        ones it lacks (no gradients, eval mode) and exchanging them with the other processes."""
+        table, encoder = self.text_table, self.text_encoder
+        todo = table.missing(item_keys)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        # ZeRO-3 gathers the LLM's weights in every process's forward together: a process with
+        # nothing new still runs one text, and discards it
+        run = todo if todo.numel() or world == 1 else todo.new_zeros(1)
+        pooled = item_mask.new_zeros(0, encoder.hidden_size, dtype=torch.float32)
+        if run.numel():
+            llm, was = encoder.llm, encoder.llm.training
+            llm.train(False)
+            try:
+                with torch.no_grad():
+                    pooled = encoder.pooled(item_ids[run], item_mask[run])
+            finally:
+                llm.train(was)
+            pooled = pooled[: todo.numel()]
+        keys, pooled = table.exchange(item_keys[todo], pooled)
+        table.add(keys, pooled)
+        return table.lookup(item_keys, item_mask.device)
 
     def llm_repr(self, hidden: Tensor, last_prompt_index: Tensor) -> Tensor:
         """``hidden [B, T, H]`` at each row's last prompt token, through ``contrast_adapter`` -> ``[B, d]``."""
@@ -142,7 +197,7 @@ class AlignmentModel(nn.Module):
             raise ValueError("this causal LM exposes no output embeddings (get_output_embeddings() is None)")
         lm_loss = response_lm_loss(hidden, batch.labels, head)
         llm_repr = self.llm_repr(hidden, batch.last_prompt_index)
-        table = self.encode_items(batch.item_ids, batch.item_mask)  # [N + 1, E]
+        table = self.encode_items(batch.item_ids, batch.item_mask, batch.item_keys)  # [N + 1, E]
         readouts = self.sr.readouts(lookup_inputs(batch.history, table, table))
         # Without IDs a video candidate and a comment candidate are both normalize(adapter(text)).
         target_key = self.sr.comment_repr(table[batch.target_row])

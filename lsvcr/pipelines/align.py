@@ -227,6 +227,8 @@ def _save(path: Path, r: _Run) -> None:
                 shutil.copy2(stamp, path / TOKENIZER_DIR / FINGERPRINT_FILE)
             (path / "config.yaml").write_text(OmegaConf.to_yaml(r.cfg, resolve=True))
             (path / STATE_FILE).write_text(json.dumps({**asdict(r.state), "plan": asdict(r.plan)}, indent=1))
+            if core.text_table is not None:  # the same on every process (they exchange their rows)
+                core.text_table.save(path)
     r.engine.save_trainer(path)
     distributed.barrier()
 
@@ -294,6 +296,7 @@ def _train(r: _Run) -> None:
     window, count = defaultdict(float), 0
     bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
     eng.model.train()
+    table = eng.module().text_table  # align.text_table_refresh; None = the paper's step
     if r.heldout and r.eval_cfg.initial and state.step == 0:
         _evaluate(r)
     while state.step < plan.total_steps:
@@ -304,6 +307,8 @@ def _train(r: _Run) -> None:
                             num_workers=int(a.num_workers))
         for micro, batch in zip(range(first, len(data)), loader):
             _seed_step(int(r.cfg.seed), epoch, micro, eng.rank)
+            if table is not None:
+                table.at_step(state.step)
             out, stepped = eng.micro_step(batch)
             for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS):
                 window[k] += float(out[k].detach())
@@ -352,18 +357,24 @@ def _evaluate(r: _Run) -> None:
     r.eval_seconds += time.perf_counter() - t0
 
 
-def _text_bucket_tokens(cfg: DictConfig) -> int | None:
-    """``align.text_bucket_tokens``, checked: a positive token budget or None."""
-    bucket = cfg.align.get("text_bucket_tokens")
-    if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1):
-        raise ConfigError(f"align.text_bucket_tokens={bucket}: expected a positive token budget or null")
-    return bucket
+def _positive_or_none(cfg: DictConfig, key: str, what: str) -> int | None:
+    """``align.<key>``, checked: a positive int or None."""
+    value = cfg.align.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"align.{key}={value}: expected {what} or null")
+    return value
+
+
+def _speed_settings(cfg: DictConfig) -> dict:
+    """``align.text_bucket_tokens`` and ``align.text_table_refresh`` as :class:`AlignmentModel` keywords."""
+    return {"text_bucket_tokens": _positive_or_none(cfg, "text_bucket_tokens", "a positive token budget"),
+            "text_table_refresh": _positive_or_none(cfg, "text_table_refresh", "a number of optimizer steps >= 1")}
 
 
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
     a = cfg.align
     kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
-                  temperature=float(a.temperature), text_bucket_tokens=_text_bucket_tokens(cfg))
+                  temperature=float(a.temperature), **_speed_settings(cfg))
     if ckpt is not None:
         return load_alignment(ckpt, bundle, trainable=True, gradient_checkpointing=bundle.gradient_checkpointing,
                               **kwargs)
@@ -374,7 +385,7 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
-    _text_bucket_tokens(cfg)  # so does a bad align.text_bucket_tokens
+    _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
@@ -386,6 +397,12 @@ def run(cfg: DictConfig) -> float:
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
     engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
     state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
+    table = engine.module().text_table
+    if ckpt and table is not None:
+        try:
+            table.load(ckpt)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"align.resume: {e}") from None
     heldout = align_eval.build_heldout(eval_cfg, AlignSamples(ds, tasks, "val").items,
                                        _collator(cfg, ds, bundle.tokenizer, split="val", train=False),
                                        plan.micro_batch_size, plan.world, engine.rank, int(cfg.seed), tasks)

@@ -170,5 +170,9 @@ class LLMTextEncoder(nn.Module):
         With ``return_hidden`` also the mean-pooled LM state ``[N, hidden]`` (float32).
         """
         hidden = self.pooled(input_ids, attention_mask)
-        emb = self.llm_emb_mlp(hidden.to(self.llm_emb_mlp[0].weight.dtype))
+        emb = self.project(hidden)
         return (emb, hidden) if return_hidden else emb
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Pooled LM states ``[N, hidden]`` -> embeddings ``[N, out_dim]`` (``llm_emb_mlp``)."""
+        return self.llm_emb_mlp(hidden.to(self.llm_emb_mlp[0].weight.dtype))
