@@ -403,3 +403,16 @@ def test_text_table_exchange_gives_every_process_the_same_rows(tmp_path):
     want = {3: torch.tensor([30.0, 30.0]), 5: torch.tensor([50.0, 50.0]), 8: torch.tensor([82.0, 82.0])}
     for t in tables:
         assert t.keys() == want.keys() and all(torch.equal(t[k], want[k]) for k in want)
+
+
+def test_lora_input_dropout_is_the_cheap_cpu_dropout(world):
+    from lsvcr.models.sr.layers import Dropout
+
+    model = make_model(world)
+    drops = [d for m in model.llm.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+             for d in m.lora_dropout.values()]
+    assert len(drops) == 7 and all(type(d) is Dropout and d.p == 0.1 for d in drops)  # 7 targets x 1 layer
+    y = drops[0].train()(torch.ones(200_000))  # inverted dropout: p of the entries zeroed, the rest x 1/(1-p)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    assert torch.equal(drops[0].eval()(torch.ones(5)), torch.ones(5))
