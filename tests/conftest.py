@@ -37,14 +37,30 @@ def console_script() -> str:
     return found
 
 
-def run_cli(args: list[str], out_dir: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed ``lsvcr`` command from ``out_dir`` (outside the repository, as a user would),
-    with outputs under ``out_dir``; returns the finished process."""
+def start_cli(args: list[str], out_dir: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start the installed ``lsvcr`` command from ``out_dir`` (outside the repository, as a user would),
+    with outputs under ``out_dir``; stdout and stderr are captured as text."""
     e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "LSVCR_OUTPUT_DIR": str(out_dir),
          "PYTHONUNBUFFERED": "1", **(env or {})}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return subprocess.run([console_script(), *args], cwd=out_dir, env=e, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.Popen([console_script(), *args], cwd=out_dir, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_cli(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Wait for a :func:`start_cli` process (killed after ``timeout`` seconds); returns the finished process."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def run_cli(args: list[str], out_dir: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``lsvcr`` command from ``out_dir`` with outputs under ``out_dir`` (:func:`start_cli`)."""
+    return finish_cli(start_cli(args, out_dir, env), timeout)
 
 
 # small prompt templates for alignment tests (the real ones are conf/prompts/*.yaml)

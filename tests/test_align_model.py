@@ -162,11 +162,13 @@ def world(tmp_path_factory):
     return ds, root / "llm"
 
 
-def make_bundle(world):
+def make_bundle(world, **spec_kw):
+    """The tiny causal LM of these tests; ``spec_kw`` are further :class:`TinyCausalLM` fields (e.g. ``lora``)."""
     from lsvcr.models.llm.loader import TinyCausalLM  # here, so the spawned workers above never import transformers
 
     ds, workdir = world
-    spec = TinyCausalLM(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1)
+    spec = TinyCausalLM(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1,
+                        **spec_kw)
     return spec.build(lambda: iter(ds.video_titles().to_pylist() + ds.comment_texts().to_pylist()), workdir)
 
 
@@ -281,14 +283,9 @@ def test_load_rejects_keys_that_do_not_fit(world, batch, tmp_path):
 
 def make_quiet_model(world, **kw) -> AlignmentModel:
     """:func:`make_model` without dropout anywhere (LoRA's and the SR's): train mode is then deterministic."""
-    from lsvcr.models.llm.loader import TinyCausalLM
-
-    ds, workdir = world
-    spec = TinyCausalLM(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1,
-                        lora={"dropout": 0.0})
-    bundle = spec.build(lambda: iter(ds.video_titles().to_pylist() + ds.comment_texts().to_pylist()), workdir)
+    bundle = make_bundle(world, lora={"dropout": 0.0})
     torch.manual_seed(0)
-    sr = {"num_videos": ds.num_videos, **SR, "dropout": 0.0, "attn_dropout": 0.0}
+    sr = {"num_videos": world[0].num_videos, **SR, "dropout": 0.0, "attn_dropout": 0.0}
     return AlignmentModel.from_bundle(bundle, sr, **kw)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, finish_cli, run_cli, start_cli
 from lsvcr.data.errors import ConfigError
 from lsvcr.data.store import PreparedDataset
 from lsvcr.models.llm.embed import EMBED_MANIFEST
@@ -71,6 +71,23 @@ def test_second_run_reuses_tables_whatever_the_batch_size(embedded):
     np.testing.assert_array_equal(comment, np.load(tables / "comments.npy"))
     assert manifest["model"] == "tiny"
     assert {p.name: p.stat().st_mtime_ns for p in tables.iterdir()} == mtimes
+
+
+def test_runs_started_together_build_the_tables_once(embedded):
+    # a sweep's jobs on one machine all need the same new tables: one builds, the others wait and reuse
+    # them (they used to race on one temporary file and fail)
+    out, ds, _ = embedded
+    args = [*ARGS, "embed.max_length=12"]  # tables no run has built yet
+    runs = [finish_cli(p) for p in [start_cli(args, out, env=ENV) for _ in range(3)]]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    logs = [r.stderr + r.stdout for r in runs]
+    assert sum("text tables: building them" in text for text in logs) == 1, logs
+    assert sum("text tables: reusing" in text for text in logs) == 2
+    tables = tables_dir(compose_cfg("embed.max_length=12"), ds)
+    assert sorted(p.name for p in tables.iterdir()) == [".build.lock", "comments.npy", EMBED_MANIFEST, "videos.npy"]
+    video, _, _ = ensure_tables(compose_cfg("embed.max_length=12"), ds)
+    assert np.isfinite(video).all() and not video[0].any() and np.abs(video[1:]).sum(axis=1).min() > 0
 
 
 def test_settings_that_change_values_change_the_directory(embedded):

@@ -11,3 +11,11 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A config value that cannot work."""
+
+
+def checked_int(value, name: str, minimum: int, expected: str) -> int | None:
+    """``value`` of config key ``name`` if it is None or an int >= ``minimum`` (a bool is not an int
+    here); otherwise one ConfigError ``"<name>=<value>: expected <expected>"``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ConfigError(f"{name}={value}: expected {expected}")
+    return value

@@ -58,7 +58,7 @@ from lsvcr.data.align_batch import (
     AugmentConfig,
     SampleRandom,
 )
-from lsvcr.data.errors import ConfigError
+from lsvcr.data.errors import ConfigError, checked_int
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
@@ -357,18 +357,13 @@ def _evaluate(r: _Run) -> None:
     r.eval_seconds += time.perf_counter() - t0
 
 
-def _positive_or_none(cfg: DictConfig, key: str, what: str) -> int | None:
-    """``align.<key>``, checked: a positive int or None."""
-    value = cfg.align.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"align.{key}={value}: expected {what} or null")
-    return value
-
-
 def _speed_settings(cfg: DictConfig) -> dict:
     """``align.text_bucket_tokens`` and ``align.text_table_refresh`` as :class:`AlignmentModel` keywords."""
-    return {"text_bucket_tokens": _positive_or_none(cfg, "text_bucket_tokens", "a positive token budget"),
-            "text_table_refresh": _positive_or_none(cfg, "text_table_refresh", "a number of optimizer steps >= 1")}
+    a = cfg.align
+    return {"text_bucket_tokens": checked_int(a.get("text_bucket_tokens"), "align.text_bucket_tokens", 1,
+                                              "a positive token budget or null"),
+            "text_table_refresh": checked_int(a.get("text_table_refresh"), "align.text_table_refresh", 1,
+                                              "a number of optimizer steps >= 1 or null")}
 
 
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:

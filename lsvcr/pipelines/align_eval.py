@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from lsvcr.data.align_batch import AlignBatch, AlignCollator
-from lsvcr.data.errors import ConfigError
+from lsvcr.data.errors import ConfigError, checked_int
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.pipelines.align_engine import Engine
 from lsvcr.utils.loggers import is_rank_zero
@@ -60,13 +60,9 @@ def eval_settings(a: DictConfig) -> EvalSettings:
     """The held-out evaluation keys of the ``align`` node; a ConfigError names a bad one."""
     samples, every = a.get("eval_samples"), a.get("eval_every")
     initial, threshold = a.get("eval_initial", False), a.get("collapse_cosine")
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
-        raise ConfigError(f"align.eval_samples={samples}: expected a number of val samples >= 0 (0 or null = no "
-                          "held-out evaluation)")
-    samples = int(samples or 0)
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ConfigError(f"align.eval_every={every}: expected a number of optimizer steps >= 1, or null (evaluate "
-                          "only at the end)")
+    samples = int(checked_int(samples, "align.eval_samples", 0,
+                              "a number of val samples >= 0 (0 or null = no held-out evaluation)") or 0)
+    checked_int(every, "align.eval_every", 1, "a number of optimizer steps >= 1, or null (evaluate only at the end)")
     if not isinstance(initial, bool):
         raise ConfigError(f"align.eval_initial={initial}: expected true or false")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

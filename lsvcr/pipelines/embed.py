@@ -15,10 +15,15 @@ encoded (:func:`imported_tables`).
 
 With ``torch.distributed`` initialised every rank encodes its shard of the length-sorted batches,
 then rank 0 merges the shards and writes the manifest; one process is the ``world = 1`` case.
+
+Runs started together (a sweep's jobs on one machine, all needing the same tables) take turns:
+rank 0 of each holds an exclusive lock on ``<tables dir>/.build.lock`` while it decides whether to
+build and builds (:func:`_build_lock`), so one run encodes and the others wait, then reuse its tables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -200,17 +205,43 @@ def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarra
         manifest, arrays = load_embed_tables(out)
         return arrays["video"], arrays["comment"], manifest, False
     rank, world = distributed.rank_and_world()
-    found = _load_complete(out, cfg, ds) if rank == 0 else None
-    build = [found is None]
-    if world > 1:  # one decision for all ranks: a late rank must not see rank 0's new manifest
-        dist.broadcast_object_list(build, src=0)
-    if build[0]:
-        log.info("text tables: building them in %s", out)
-        _build_tables(cfg, ds, out, rank, world)
-    else:
-        log.info("text tables: reusing %s", out)
+    with _build_lock(out, rank):
+        found = _load_complete(out, cfg, ds) if rank == 0 else None
+        build = [found is None]
+        if world > 1:  # one decision for all ranks: a late rank must not see rank 0's new manifest
+            dist.broadcast_object_list(build, src=0)
+        if build[0]:
+            log.info("text tables: building them in %s", out)
+            _build_tables(cfg, ds, out, rank, world)
+        else:
+            log.info("text tables: reusing %s", out)
     manifest, arrays = load_embed_tables(out)
     return arrays["video"], arrays["comment"], manifest, build[0]
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path, rank: int) -> Iterator[None]:
+    """On rank 0, an exclusive ``flock`` on ``out/.build.lock`` for the block: another run that needs
+    the same tables waits here until this one has built them (and then finds them complete). The
+    other ranks wait for rank 0's decision instead. Where ``fcntl`` is missing (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if rank != 0 or fcntl is None:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("text tables: another run is building %s; waiting for it", out)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _load_encoder(cfg: DictConfig, ds: PreparedDataset):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,9 @@ def shard_paths(out_path: Path, rank: int, world: int) -> tuple[Path, Path]:
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.incomplete.npy")
+    """A temporary name beside ``path``, unique to this process and call, renamed onto ``path`` when
+    complete: two writers of one table never share a half-written file."""
+    return path.with_name(f"{path.stem}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
 
 
 def _check_args(shard: tuple[int, int], dtype) -> tuple[int, int, np.dtype]:
@@ -161,22 +164,23 @@ def encode_table(
     n_rows = len(src) + 1 if world == 1 else len(mine)
     for path in finals:
         path.parent.mkdir(parents=True, exist_ok=True)
+    tmps = [_tmp(p) for p in finals]
     tables = [
-        (np.lib.format.open_memmap(_tmp(p), "w+", np_dtype, (n_rows, dim)), what)
-        for p, (_, dim, what) in zip(finals, outputs)
+        (np.lib.format.open_memmap(t, "w+", np_dtype, (n_rows, dim)), what)
+        for t, (_, dim, what) in zip(tmps, outputs)
     ]
     try:
         _encode_into(encoder, tokenizer, src, batches, tables, world == 1, max_length, desc, progress)
     except BaseException:
         tables.clear()
-        for p in finals:
-            _tmp(p).unlink(missing_ok=True)
+        for t in tmps:
+            t.unlink(missing_ok=True)
         raise
     for table, _ in tables:
         table.flush()
     tables.clear()
-    for path in finals:
-        os.replace(_tmp(path), path)
+    for t, path in zip(tmps, finals):
+        os.replace(t, path)
     if world > 1:
         for path, _, _ in outputs:
             np.save(shard_paths(path, rank, world)[1], mine.astype(np.int64))
@@ -245,14 +249,15 @@ def merge_shards(out_path: Path, world: int, remove: bool = True) -> np.ndarray:
     if len(dims) != 1:
         raise DataError(f"{out_path}: shards disagree on width/dtype {sorted(map(str, dims))}")
     dim, dtype = dims.pop()
-    table = np.lib.format.open_memmap(_tmp(out_path), "w+", dtype, (n + 1, dim))
+    tmp = _tmp(out_path)
+    table = np.lib.format.open_memmap(tmp, "w+", dtype, (n + 1, dim))
     table[0] = 0
     for rows, index in zip(shards, indexes):
         for s in range(0, len(index), _MERGE_CHUNK):
             table[index[s : s + _MERGE_CHUNK] + 1] = rows[s : s + _MERGE_CHUNK]
     table.flush()
     del table, shards
-    os.replace(_tmp(out_path), out_path)
+    os.replace(tmp, out_path)
     if remove:
         for rows_path, index_path in parts:
             rows_path.unlink()
