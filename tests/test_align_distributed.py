@@ -212,3 +212,35 @@ def test_text_table_two_ranks_train_as_one_process_and_resume_exactly(out, one, 
     # resuming a run written without the table refuses with the setting's name
     r = run_cli([*ALIGN, *TWO, *TABLE, f"align.resume={one / 'align_step2'}"], out, timeout=240, env=ENV)
     assert r.returncode != 0 and "no text table" in r.stderr and "align.text_table_refresh" in r.stderr
+
+
+# align.standardize=16: statistics from 2 global batches of 8 (1 x 8, or 2 ranks x 4 and one all-reduce)
+STD = ["align.standardize=16"]
+
+
+@pytest.fixture(scope="module")
+def two_std(out, one) -> Path:
+    return _run([*ALIGN, *TWO, *STD], out)[0]
+
+
+def test_standardized_two_ranks_train_as_one_process_and_resume_without_refitting(out, one, two_std):
+    """Each rank sums the moments of its share of the samples and one all-reduce gives both the totals:
+    the statistics, losses and weights of one process with twice the micro-batch. A resume loads the
+    statistics from the checkpoint instead of fitting them again."""
+    one_std, _ = _run([*ALIGN, *ONE, *STD], out)
+    a, b = (load_file(r / "align" / "modules.safetensors") for r in (one_std, two_std))
+    for k in ("text_norm.mean", "text_norm.std", "prompt_norm.mean", "prompt_norm.std"):
+        assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-6), k
+    assert not torch.allclose(a["text_norm.std"], torch.ones_like(a["text_norm.std"]))  # fitted, not the identity
+    diffs = _max_diffs(_losses(one_std), _losses(two_std))
+    weights = _weights_diff(one_std / "align", two_std / "align")
+    print("standardize, max abs differences, 1 process x 8 vs 2 ranks x 4:", diffs, "modules", weights)
+    assert all(diffs[k] < 1e-5 for k in LOSS_KEYS) and weights < 1e-5, (diffs, weights)
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(_losses(one), _losses(one_std))) > 1e-4  # not the paper's
+    resumed, text = _run([*ALIGN, *TWO, *STD, f"align.resume={two_std / 'align_step2'}"], out)
+    assert "align.standardize=16: statistics" not in text
+    assert _losses(resumed) == _losses(two_std)
+    c = load_file(resumed / "align" / "modules.safetensors")
+    assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b)
+    r = run_cli([*ALIGN, *TWO, f"align.resume={two_std / 'align_step2'}"], out, timeout=240, env=ENV)
+    assert r.returncode != 0 and "written with standardisers, this run has align.standardize=None" in r.stderr

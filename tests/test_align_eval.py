@@ -175,6 +175,9 @@ def test_eval_schedule_without_samples_is_refused_and_defaults_are_end_only():
 @pytest.mark.parametrize("override, message", [
     ("align.eval_every=0", "align.eval_every=0"),
     ("align.text_bucket_tokens=0", "align.text_bucket_tokens=0: expected a positive token budget or null"),
+    ("align.standardize=1", "align.standardize=1: expected a number of training samples >= 2 or null"),
+    ("align.lora_lr_scale=-0.5", "align.lora_lr_scale=-0.5: expected a number >= 0"),
+    ("align.llm_stop_gradient=2", "align.llm_stop_gradient=2: expected true or false"),
 ])
 def test_cli_refuses_a_bad_align_key_before_any_work(tmp_path, override, message):
     r = run_cli(["stage=align", override], tmp_path, env={"OMP_NUM_THREADS": "1"})

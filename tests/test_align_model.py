@@ -20,6 +20,7 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.losses.align import alignment_losses, global_mean, masked_behaviour_contrast, response_lm_loss
 from lsvcr.models.align import AlignmentModel, load_alignment, load_sr_for_finetune, save_alignment
+from lsvcr.models.llm.text_encoder import Standardizer
 from lsvcr.models.sr.lsvcr import LSVCR, SRReadouts
 
 from conftest import TEST_TEMPLATES, spawn_workers
@@ -177,15 +178,21 @@ def make_model(world, seed=0, **kw) -> AlignmentModel:
     return AlignmentModel.from_bundle(make_bundle(world), {"num_videos": world[0].num_videos, **SR}, **kw)
 
 
-@pytest.fixture(scope="module")
-def batch(world):
+def collator_and_items(world) -> tuple[AlignCollator, np.ndarray]:
+    """An evaluation collator and 6 sample rows (3 rec, then 3 comm_rank)."""
     ds, _ = world
     bundle = make_bundle(world)
     pb = PromptBuilder(TEMPLATES, bundle.tokenizer, max_prompt_tokens=96, max_response_tokens=16)
     col = AlignCollator(ds, HistoryGatherer(ds, 4, 4), pb, text_max_length=24, aug=AugmentConfig(), train=False)
     items = align_items(ds, ["rec", "comm_rank"])
     rng = np.random.default_rng(0)
-    return col(np.concatenate([rng.choice(items[items[:, 0] == t], 3, replace=False) for t in (0, 1)]))
+    return col, np.concatenate([rng.choice(items[items[:, 0] == t], 3, replace=False) for t in (0, 1)])
+
+
+@pytest.fixture(scope="module")
+def batch(world):
+    col, items = collator_and_items(world)
+    return col(items)
 
 
 def eval_losses(model, batch) -> dict[str, float]:
@@ -250,11 +257,84 @@ def test_save_load_round_trip_and_finetune_export(world, batch, tmp_path):
     assert not any(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)
     resumed = load_alignment(out, make_bundle(world), trainable=True)
     assert any(p.requires_grad for n, p in resumed.named_parameters() if "lora_" in n)
-    sr_state, mlp_state = load_sr_for_finetune(out)
+    sr_state, mlp_state, norm_state = load_sr_for_finetune(out)
+    assert norm_state is None  # align.standardize was off
     finetune_sr = LSVCR(world[0].num_videos, **SR, use_ids=True)
     finetune_sr.load_aligned(sr_state)
     assert torch.equal(finetune_sr.adapter.weight, model.sr.adapter.weight)
     assert mlp_state.keys() == model.llm_emb_mlp.state_dict().keys()
+
+
+def test_llm_stop_gradient_keeps_the_contrast_losses_off_the_llm_side(world, batch):
+    plain, stopped = make_quiet_model(world).train(), make_quiet_model(world, llm_stop_gradient=True).train()
+    train_steps(plain, batch, 1)  # LoRA B leaves zero, so LoRA A has gradients to lose
+    stopped.load_state_dict(plain.state_dict())
+    loss, grads = _loss_and_grads(plain, batch)
+    stopped_loss, stopped_grads = _loss_and_grads(stopped, batch)
+    assert stopped_loss == pytest.approx(loss, rel=1e-6)  # the same forward
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith("contrast_adapter."))
+    assert all(not g.any() for n, g in stopped_grads.items() if n.startswith("contrast_adapter."))
+    for n, g in grads.items():  # the SR side learns exactly as before
+        if n.startswith("sr."):
+            torch.testing.assert_close(stopped_grads[n], g, rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(stopped_grads[n], g) for n, g in grads.items() if "lora_" in n)
+
+
+# ---------------------------------------------------------------- align.standardize
+
+
+def test_standardizer_fits_from_moments_summed_over_chunks():
+    torch.manual_seed(0)
+    x = torch.randn(300, 6) * torch.tensor([0.3, 1.0, 2.0, 0.5, 1.0, 0.0]) + torch.tensor([27.0, -3, 0, 10, 0, 4])
+    norm = Standardizer(6)
+    assert torch.equal(norm(x), x)  # the identity until fitted
+    norm.fit(sum(Standardizer.moments(part) for part in x.split(70)))  # e.g. batches, or processes' shares
+    torch.testing.assert_close(norm.mean, x.mean(dim=0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(norm.std[:5], x.std(dim=0, unbiased=False)[:5], rtol=1e-4, atol=1e-5)
+    assert norm.std[5] == norm.eps  # a constant feature: floored, not a division by zero
+    z = norm(x)
+    torch.testing.assert_close(z.mean(dim=0), torch.zeros(6), rtol=0, atol=1e-4)
+    torch.testing.assert_close(z.std(dim=0, unbiased=False)[:5], torch.ones(5), rtol=0, atol=1e-4)
+    half = norm(x.bfloat16())  # float32 arithmetic, the input's precision out
+    assert half.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        norm.fit(Standardizer.moments(x[:1]))
+
+
+def test_standardized_model_fits_saves_and_hands_over_its_statistics(world, batch, tmp_path):
+    plain, model = make_model(world), make_model(world, standardize=True)
+    assert plain.prompt_norm is None and plain.text_encoder.text_norm is None
+    assert eval_losses(model, batch) == pytest.approx(eval_losses(plain, batch), rel=1e-6)  # identity before fit
+    with pytest.raises(ValueError, match="without standardize"):
+        plain.fit_standardizers(torch.zeros(2, 65, dtype=torch.float64))
+    model.eval()
+    moments = model.standardizer_moments(batch)
+    # the texts are counted per read, so batches of 3 samples sum to the batch of 6 (which holds a text
+    # two samples share once): the statistics do not depend on micro-batches or processes
+    col, items = collator_and_items(world)
+    halves = [model.standardizer_moments(col(part)) for part in (items[[0, 3, 4]], items[[1, 2, 5]])]
+    torch.testing.assert_close(halves[0] + halves[1], moments, rtol=1e-9, atol=1e-6)
+    assert moments[1, -1] > batch.item_ids.shape[0]  # more reads than distinct texts
+    assert moments[0, -1] == batch.batch_size  # one last-prompt state per sample
+    model.fit_standardizers(moments)
+    pooled = model.text_encoder.pooled(batch.item_ids, batch.item_mask)
+    text_norm = model.text_encoder.text_norm
+    assert not torch.allclose(text_norm.mean, pooled.mean(dim=0), atol=1e-4)  # weighted by reads
+    # the SR reads llm_emb_mlp of the standardised states
+    torch.testing.assert_close(model.text_encoder.project(pooled),
+                               model.llm_emb_mlp((pooled - text_norm.mean) / text_norm.std))
+    want = eval_losses(model, batch)
+    assert want != pytest.approx(eval_losses(plain, batch), rel=1e-4)
+    out = save_alignment(model, tmp_path / "align")
+    loaded = load_alignment(out, make_bundle(world))
+    assert loaded.standardize and eval_losses(loaded, batch) == pytest.approx(want, rel=1e-5)
+    assert torch.equal(loaded.prompt_norm.std, model.prompt_norm.std)
+    _, _, norm_state = load_sr_for_finetune(out)
+    assert torch.equal(norm_state["mean"], text_norm.mean) and torch.equal(norm_state["std"], text_norm.std)
+    state = load_file(out / "modules.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("prompt_norm.")}, out / "modules.safetensors")
+    with pytest.raises(ValueError, match="text_norm. without"):
+        load_sr_for_finetune(out)
 
 
 def test_load_rejects_keys_that_do_not_fit(world, batch, tmp_path):

@@ -187,6 +187,35 @@ def test_init_from_errors_name_the_setting(aligned, tmp_path):
     assert projection(torch.zeros(3, hidden)).shape == (3, 256)
 
 
+def test_standardized_alignment_hands_its_statistics_to_embed_and_finetune(aligned):
+    """align.standardize: the fitted statistics are saved with the checkpoint; stage=embed of the
+    aligned LLM writes llm_emb_mlp(standardised pooled state), and the hand-over of a table of raw
+    pooled states standardises them the same way before the aligned llm_emb_mlp."""
+    out, _ = aligned
+    run = out / "align_std"
+    text = cli([*ALIGN, "align.max_steps=2", "align.save_every=null", "align.standardize=16",
+                "align.eval_samples=0"], out, run)
+    assert "align.standardize=16: statistics of 16 samples' prompts and" in text
+    assert json.loads((run / "align" / "alignment.json").read_text())["standardize"] is True
+    state = load_file(run / "align" / "modules.safetensors")
+    assert {k.split(".")[0] for k in state} == {"sr", "llm_emb_mlp", "contrast_adapter", "text_norm", "prompt_norm"}
+    mean, std = state["text_norm.mean"].double(), state["text_norm.std"].double()
+    cli(["stage=embed", *COMMON, f"finetune.init_from={run}", "embed.hidden_table=true"], out, out / "embed_std")
+    tables = Path(json.loads((out / "embed_std" / "embed.json").read_text())["tables_dir"])
+    raw = torch.from_numpy(np.load(tables / "videos_hidden.npy")[1:]).double()
+    # statistics of the training samples' texts describe the whole title table: standardised, its
+    # features are centred and of unit spread (roughly: the samples' texts are a subset, weighted by use)
+    z = (raw - mean) / std
+    assert z.mean(dim=0).abs().mean() < 0.5 and 0.5 < z.std(dim=0).mean() < 1.5
+    assert not torch.allclose(std, torch.ones_like(std), atol=1e-2)  # fitted, not the identity
+    mlp = {k.removeprefix("llm_emb_mlp."): v for k, v in state.items() if k.startswith("llm_emb_mlp.")}
+    expected = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(
+        z.float(), mlp["0.weight"], mlp["0.bias"])), mlp["2.weight"], mlp["2.bias"])
+    torch.testing.assert_close(torch.from_numpy(np.load(tables / "videos.npy")[1:]), expected, rtol=1e-4, atol=1e-5)
+    projection = load_aligned_sr(_cfg(), LSVCR(200, max_position=60), run, table_width=raw.shape[1])
+    torch.testing.assert_close(projection(raw.float()), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_align_needs_the_lsvcr_sr(tmp_path):
     r = run_cli(["stage=align", "model/sr=sasrec", *COMMON], tmp_path, env=ENV)
     assert r.returncode == 2 and "model/sr=sasrec" in r.stderr

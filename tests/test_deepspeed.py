@@ -131,6 +131,28 @@ def test_zero3_losses_and_gathered_weights_equal_ddp(runs):
     assert max_val_diff(z3, ddp) <= 2e-6  # the evaluation forwards gather the sharded weights too
 
 
+def test_lora_learning_rate_scale_groups_the_parameters_alike_on_both_engines(runs):
+    """align.lora_lr_scale=0: two optimizer groups, the LoRA one at rate 0: under ZeRO-2 as under DDP the
+    LoRA weights keep their initial values exactly (B stays zero) while the SR trains at align.lr."""
+    out, _, ddp, _, _ = runs
+    frozen = ["align.lora_lr_scale=0"]
+    align([*DEEPSPEED, *frozen, "align.save_every=null"], out, out / "ds_frozen")
+    align([*DDP, *frozen], out, out / "ddp_frozen")
+    got, want = losses(out / "ds_frozen"), losses(out / "ddp_frozen")
+    assert max(abs(g[k] - w[k]) for g, w in zip(got, want) for k in (*LOSSES, "lr")) <= 2e-6, (got, want)
+    assert [e["lr"] for e in want] == [e["lr"] for e in losses(ddp)]  # the logged rate is the SR's
+    assert want[0]["loss"] == pytest.approx(losses(ddp)[0]["loss"], abs=1e-6)  # step 1: nothing updated yet
+    assert abs(want[-1]["loss"] - losses(ddp)[-1]["loss"]) > 1e-4
+    for run in (out / "ds_frozen", out / "ddp_frozen"):
+        lora = load_file(run / "align" / "lora" / "adapter_model.safetensors")
+        assert all(not v.any() for k, v in lora.items() if "lora_B" in k)
+    assert max_weight_diff(out / "ds_frozen", out / "ddp_frozen") < 5e-5
+    # a checkpoint resumes only with the optimizer grouping it was written with
+    r = run_cli([*WORLD, *DDP, f"align.resume={out / 'ddp_frozen' / 'align_step2'}",
+                 f"hydra.run.dir={out / 'ddp_regrouped'}"], out, timeout=TIMEOUT, env=ENV)
+    assert r.returncode != 0 and "align.lora_lr_scale" in r.stderr and "optimizer state does not fit" in r.stderr
+
+
 def test_torch_adam_auto_is_a_device_choice():
     ds = {"optimizer": {"type": "AdamW", "params": {"lr": "auto", "torch_adam": "auto"}}}
     numbers = {"micro_batch_size": 1, "lr": 1e-3}

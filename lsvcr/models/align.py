@@ -11,10 +11,15 @@ One forward pass over an :class:`~lsvcr.data.align_batch.AlignBatch`:
 3. the SR (no ID embeddings, random positions) reads both histories from that table;
 4. ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss``.
 
+With ``standardize`` (``align.standardize``; not in the paper) the pooled text states and the
+last-prompt-token states pass a :class:`Standardizer` each (``text_norm``, ``prompt_norm``) before
+``llm_emb_mlp`` and ``contrast_adapter``; :meth:`AlignmentModel.fit_standardizers` sets their
+statistics once, from the base LLM, before training.
+
 Checkpoints keep the LLM apart from the small modules::
 
     out_dir/lora/                 PEFT adapter (save_pretrained)
-    out_dir/modules.safetensors   sr.*, llm_emb_mlp.*, contrast_adapter.*
+    out_dir/modules.safetensors   sr.*, llm_emb_mlp.*, contrast_adapter.* (and text_norm.*, prompt_norm.*)
     out_dir/tokenizer/            the tokenizer (save_pretrained)
     out_dir/alignment.json        SR settings, loss weights, temperature, base LLM
 
@@ -37,7 +42,7 @@ from torch import Tensor
 
 from lsvcr.data.align_batch import AlignBatch
 from lsvcr.losses.align import alignment_losses, response_lm_loss
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, _unwrap, decoder_hidden_states
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, _unwrap, decoder_hidden_states
 from lsvcr.models.llm.text_table import PooledTextTable
 from lsvcr.models.sr.inputs import lookup_inputs
 from lsvcr.models.sr.layers import Dropout, init_weights
@@ -49,6 +54,7 @@ if TYPE_CHECKING:  # transformers is imported by whoever builds the bundle, not 
 log = logging.getLogger(__name__)
 
 MODULE_PREFIXES = ("sr.", "llm_emb_mlp.", "contrast_adapter.")
+NORM_PREFIXES = ("text_norm.", "prompt_norm.")  # present when the run standardised (align.standardize)
 MODULES_FILE, META_FILE, LORA_DIR, TOKENIZER_DIR = "modules.safetensors", "alignment.json", "lora", "tokenizer"
 #: settings the alignment fixes whatever the SR config says (no IDs; robust random positions)
 ALIGN_SR_MODE = {"use_ids": False, "random_positions": True}
@@ -98,6 +104,12 @@ class AlignmentModel(nn.Module):
         text_table_refresh: None (the paper's step) or N: in training the SR reads the texts'
             pooled states from a :class:`PooledTextTable` emptied every N optimizer steps
             (``align.text_table_refresh``); evaluation always encodes them live.
+        standardize: :class:`Standardizer` modules on the pooled text states and the last prompt
+            token's state (identity until :meth:`fit_standardizers`); saved with the checkpoint.
+        llm_stop_gradient: the contrast losses see the LLM user representation detached
+            (``align.llm_stop_gradient``): they pull the SR towards the LLM and never the LLM (nor
+            ``contrast_adapter``, which then keeps its initial weights) towards the SR; the LoRA
+            weights learn from the LM loss and, through the texts, from the SR's losses.
     """
 
     def __init__(
@@ -112,6 +124,8 @@ class AlignmentModel(nn.Module):
         llm_info: Mapping[str, str] | None = None,
         text_bucket_tokens: int | None = None,
         text_table_refresh: int | None = None,
+        standardize: bool = False,
+        llm_stop_gradient: bool = False,
     ):
         super().__init__()
         self.sr_config = {k: v for k, v in dict(sr_config).items() if k not in ALIGN_SR_MODE}
@@ -119,11 +133,13 @@ class AlignmentModel(nn.Module):
         hidden = int(_unwrap(llm).config.hidden_size)
         _cheap_lora_dropout(llm)
         self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden,
-                                          bucket_tokens=text_bucket_tokens)
+                                          bucket_tokens=text_bucket_tokens, standardize=standardize)
+        self.prompt_norm = Standardizer(hidden) if standardize else None
         self.contrast_adapter = nn.Linear(hidden, self.sr.adapter.out_features)
         init_weights(self.contrast_adapter)
         self.tokenizer = tokenizer
         self.rec_weight, self.contrast_weight, self.temperature = rec_weight, contrast_weight, temperature
+        self.llm_stop_gradient = bool(llm_stop_gradient)
         self.llm_info = dict(llm_info or {})
         self.text_table = None if text_table_refresh is None else PooledTextTable(text_table_refresh)
         if gradient_checkpointing:
@@ -186,11 +202,44 @@ class AlignmentModel(nn.Module):
         """``hidden [B, T, H]`` at each row's last prompt token, through ``contrast_adapter`` -> ``[B, d]``."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_prompt_index]
+        if self.prompt_norm is not None:
+            last = self.prompt_norm(last)
         return self.contrast_adapter(last.to(self.contrast_adapter.weight.dtype))
 
-    def forward(self, batch: AlignBatch) -> dict[str, Tensor]:
+    @property
+    def standardize(self) -> bool:
+        return self.prompt_norm is not None
+
+    @torch.no_grad()
+    def standardizer_moments(self, batch: AlignBatch) -> Tensor:
+        """``[2, 2 * hidden + 1]`` float64 :meth:`Standardizer.moments` of one batch: row 0 of its
+        prompts' last-token states, row 1 of its texts' pooled states, each text counted as often as
+        the batch's samples read it (history items, hot comments, targets). So the totals over batches
+        and processes do not depend on how the samples were split into batches (a batch holds each
+        text once). Hand the total to :meth:`fit_standardizers`. Call in eval mode (no dropout)."""
+        hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, batch.last_prompt_index]
+        pooled = self.text_encoder.pooled(batch.item_ids, batch.item_mask)
+        h = batch.history
+        refs = torch.cat([t.reshape(-1) for t in (h.v_video, h.v_comment, h.c_video, h.c_comment, h.target,
+                                                   batch.target_row)])
+        uses = torch.bincount(refs, minlength=pooled.shape[0] + 1)[1:]  # local index 0 is padding
+        return torch.stack([Standardizer.moments(last), Standardizer.moments(pooled, uses)])
+
+    def fit_standardizers(self, moments: Tensor) -> None:
+        """Statistics of ``prompt_norm`` and ``text_norm`` from summed :meth:`standardizer_moments`."""
+        if not self.standardize:
+            raise ValueError("this alignment model was built without standardize=True")
+        self.prompt_norm.fit(moments[0])
+        self.text_encoder.text_norm.fit(moments[1])
+
+    def forward(self, batch: AlignBatch, moments: bool = False) -> dict[str, Tensor] | Tensor:
         """Scalar losses: ``loss``, ``lm_loss``, ``rec_loss``, ``contrast_loss``, ``behaviour_loss``,
-        ``llm_sr_loss``."""
+        ``llm_sr_loss``; with ``moments``, :meth:`standardizer_moments` instead (so that it, too,
+        runs through the engine's wrapper: ZeRO-3 gathers the weights in the wrapper's forward)."""
+        if moments:
+            return self.standardizer_moments(batch)
         hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)  # [B, T, H]
         head = _unwrap(self.llm).get_output_embeddings()
         if head is None:
@@ -201,14 +250,19 @@ class AlignmentModel(nn.Module):
         readouts = self.sr.readouts(lookup_inputs(batch.history, table, table))
         # Without IDs a video candidate and a comment candidate are both normalize(adapter(text)).
         target_key = self.sr.comment_repr(table[batch.target_row])
+        if self.llm_stop_gradient:
+            llm_repr = llm_repr.detach()
         out = alignment_losses(llm_repr, readouts, target_key, batch.task, batch.has_comment_history, self.temperature)
         out["lm_loss"] = lm_loss
         out["loss"] = lm_loss + self.rec_weight * out["rec_loss"] + self.contrast_weight * out["contrast_loss"]
         return out
 
     def module_state_dict(self) -> dict[str, Tensor]:
-        """The non-LLM trained weights, keys prefixed ``sr.``, ``llm_emb_mlp.``, ``contrast_adapter.``."""
+        """The non-LLM weights, keys prefixed ``sr.``, ``llm_emb_mlp.``, ``contrast_adapter.`` (and the
+        standardisers' statistics, ``text_norm.`` and ``prompt_norm.``)."""
         parts = {"sr.": self.sr, "llm_emb_mlp.": self.llm_emb_mlp, "contrast_adapter.": self.contrast_adapter}
+        if self.standardize:
+            parts.update({"text_norm.": self.text_encoder.text_norm, "prompt_norm.": self.prompt_norm})
         return {p + k: v for p, m in parts.items() for k, v in m.state_dict().items()}
 
     def load_module_state_dict(self, state: Mapping[str, Tensor], where: str = "state") -> None:
@@ -225,7 +279,7 @@ class AlignmentModel(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         return {"sr_config": self.sr_config, "rec_weight": self.rec_weight, "contrast_weight": self.contrast_weight,
-                "temperature": self.temperature, "llm": self.llm_info,
+                "temperature": self.temperature, "llm": self.llm_info, "standardize": self.standardize,
                 "llm_hidden_size": self.contrast_adapter.in_features}
 
 
@@ -287,25 +341,34 @@ def load_alignment(out_dir: str | Path, bundle: LLMBundle, trainable: bool = Fal
             raise ValueError(f"{tok_dir}: the saved tokenizer's vocabulary differs from {bundle.name}'s tokenizer")
     llm = _load_lora(out, bundle, trainable)
     args = {k: meta[k] for k in ("rec_weight", "contrast_weight", "temperature")}
+    args["standardize"] = bool(meta.get("standardize", False))
     args.update(kwargs)
     model = AlignmentModel(llm, bundle.tokenizer, meta["sr_config"], llm_info=meta["llm"], **args)
     model.load_module_state_dict(load_file(_require(out / MODULES_FILE)), where=str(out / MODULES_FILE))
     return model
 
 
-def load_sr_for_finetune(out_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``(sr_state_dict, llm_emb_mlp_state_dict)`` of an alignment checkpoint, prefixes stripped.
+def load_sr_for_finetune(
+    out_dir: str | Path,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
+    """``(sr_state_dict, llm_emb_mlp_state_dict, text_norm_state_dict or None)`` of an alignment
+    checkpoint, prefixes stripped.
 
     The file must hold exactly the ``sr.``, ``llm_emb_mlp.`` and ``contrast_adapter.`` modules (the
-    adapter is dropped: fine-tuning has no LLM representation). Feed the SR state to
-    :meth:`LSVCR.load_aligned`, which checks its keys against the fine-tuning SR.
+    adapter is dropped: fine-tuning has no LLM representation), and both standardisers or neither
+    (``prompt_norm`` is dropped with the adapter; ``text_norm`` comes before ``llm_emb_mlp``). Feed
+    the SR state to :meth:`LSVCR.load_aligned`, which checks its keys against the fine-tuning SR.
     """
     path = _require(Path(out_dir) / MODULES_FILE)
     state = load_file(path)
-    stray = sorted(k for k in state if not k.startswith(MODULE_PREFIXES))
+    stray = sorted(k for k in state if not k.startswith(MODULE_PREFIXES + NORM_PREFIXES))
     empty = [p for p in MODULE_PREFIXES if not any(k.startswith(p) for k in state)]
-    if stray or empty:
-        raise ValueError(f"{path}: unexpected keys {stray}, no weights for {empty}")
-    sr = {k[len("sr."):]: v for k, v in state.items() if k.startswith("sr.")}
-    mlp = {k[len("llm_emb_mlp."):]: v for k, v in state.items() if k.startswith("llm_emb_mlp.")}
-    return sr, mlp
+    norms = [p for p in NORM_PREFIXES if any(k.startswith(p) for k in state)]
+    if stray or empty or len(norms) == 1:
+        raise ValueError(f"{path}: unexpected keys {stray}, no weights for {empty}"
+                         + (f", {norms[0]} without {set(NORM_PREFIXES) - set(norms)}" if len(norms) == 1 else ""))
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    return part("sr."), part("llm_emb_mlp."), part("text_norm.") if norms else None

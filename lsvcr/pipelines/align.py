@@ -77,6 +77,7 @@ from lsvcr.pipelines.align_engine import (
     DeepSpeedEngine,
     Engine,
     build_engine,
+    lora_lr_scale,
 )
 from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.embed import dataset_texts, llm_workdir
@@ -366,21 +367,62 @@ def _speed_settings(cfg: DictConfig) -> dict:
                                               "a number of optimizer steps >= 1 or null")}
 
 
+def _llm_stop_gradient(cfg: DictConfig) -> bool:
+    value = cfg.align.get("llm_stop_gradient", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"align.llm_stop_gradient={value}: expected true or false")
+    return value
+
+
+def _standardize_samples(cfg: DictConfig) -> int | None:
+    return checked_int(cfg.align.get("standardize"), "align.standardize", 2,
+                       "a number of training samples >= 2 or null (no standardisation, the paper's)")
+
+
 def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> AlignmentModel:
     a = cfg.align
     kwargs = dict(rec_weight=float(a.rec_weight), contrast_weight=float(a.contrast_weight),
-                  temperature=float(a.temperature), **_speed_settings(cfg))
-    if ckpt is not None:
+                  temperature=float(a.temperature), llm_stop_gradient=_llm_stop_gradient(cfg), **_speed_settings(cfg))
+    if ckpt is not None:  # a checkpoint keeps its standardisers (alignment.json "standardize")
         return load_alignment(ckpt, bundle, trainable=True, gradient_checkpointing=bundle.gradient_checkpointing,
                               **kwargs)
     torch.manual_seed(int(cfg.seed))  # the SR's, MLP's and adapter's initial weights
-    return AlignmentModel.from_bundle(bundle, _sr_config(cfg, ds.num_videos), **kwargs)
+    return AlignmentModel.from_bundle(bundle, _sr_config(cfg, ds.num_videos),
+                                      standardize=_standardize_samples(cfg) is not None, **kwargs)
+
+
+def _fit_standardizers(cfg: DictConfig, engine: Engine, plan: Plan, items: np.ndarray, collator: AlignCollator) -> None:
+    """``align.standardize=N``: the standardisers' statistics from N training samples (a fixed seeded
+    subset, rounded down to whole batches of micro-batch x processes; no augmentation), read by the
+    base LLM before the first step: each process sums the moments of its share of the batches, and
+    one all-reduce gives every process the same totals (so N processes equal one)."""
+    n = _standardize_samples(cfg)
+    batch = plan.micro_batch_size * plan.world
+    chosen = align_eval.heldout_items(items, n, batch, int(cfg.seed))
+    if len(chosen) == 0:
+        raise ConfigError(f"align.standardize={n}: fewer samples than one batch ({batch} = align.micro_batch_size x "
+                          f"{plan.world} processes)")
+    t0 = time.perf_counter()
+    share = align_eval.HeldOut(chosen, collator, plan.micro_batch_size, plan.world, engine.rank)
+    total = None
+    with engine.evaluating():
+        for b in tqdm(share.batches(), desc="standardize", disable=not is_rank_zero()):
+            moments = engine.model(b.to(engine.device), moments=True)
+            total = moments if total is None else total + moments
+    if plan.world > 1:
+        torch.distributed.all_reduce(total)
+    engine.module().fit_standardizers(total.cpu())
+    log.info("align.standardize=%d: statistics of %d samples' prompts and %d text reads in %.1fs", n, len(chosen),
+             int(total[1, -1]), time.perf_counter() - t0)
 
 
 def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
     _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
+    _standardize_samples(cfg)  # and align.standardize
+    lora_lr_scale(cfg)  # and align.lora_lr_scale
+    _llm_stop_gradient(cfg)  # and align.llm_stop_gradient
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
@@ -392,6 +434,13 @@ def run(cfg: DictConfig) -> float:
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
     engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
     state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
+    standardize = _standardize_samples(cfg)
+    if ckpt is not None and engine.module().standardize != (standardize is not None):
+        raise ConfigError(f"align.resume={ckpt}: it was written {'with' if engine.module().standardize else 'without'} "
+                          f"standardisers, this run has align.standardize={standardize}; resume with the setting "
+                          "it was written with")
+    if ckpt is None and standardize is not None:
+        _fit_standardizers(cfg, engine, plan, items, _collator(cfg, ds, bundle.tokenizer, train=False))
     table = engine.module().text_table
     if ckpt and table is not None:
         try:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
 from lsvcr import distributed
+from lsvcr.data.errors import ConfigError
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines.common import write_json
 from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
@@ -65,6 +66,31 @@ def _adamw(cfg: DictConfig, params: list) -> torch.optim.AdamW:
     a = cfg.align
     return torch.optim.AdamW(params, lr=float(a.lr), weight_decay=float(a.weight_decay), betas=tuple(a.betas),
                              eps=float(a.eps))
+
+
+def lora_lr_scale(cfg: DictConfig) -> float:
+    """``align.lora_lr_scale``, checked: a finite number >= 0."""
+    value = cfg.align.get("lora_lr_scale", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"align.lora_lr_scale={value}: expected a number >= 0 (the LoRA weights' learning rate "
+                          "is align.lr times it; 1 = the paper's single learning rate)")
+    return float(value)
+
+
+def param_groups(cfg: DictConfig, model: AlignmentModel) -> list[dict]:
+    """The trainable parameters as optimizer groups. ``align.lora_lr_scale=1`` (the paper): one group,
+    in the model's parameter order. Otherwise two: the SR, ``llm_emb_mlp`` and ``contrast_adapter`` at
+    ``align.lr`` (group 0, whose rate is logged) and the LoRA weights at ``align.lr x align.lora_lr_scale``
+    (group 1). The scheduler scales both alike, so their ratio holds through warm-up and decay. A
+    checkpoint resumes only with the grouping it was written with (the optimizer state says so)."""
+    scale = lora_lr_scale(cfg)
+    lr = float(cfg.align.lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if scale == 1.0:
+        return [{"params": trainable, "lr": lr}]
+    lora_ids = {id(p) for p in model.llm.parameters() if p.requires_grad}
+    return [{"params": [p for p in trainable if id(p) not in lora_ids], "lr": lr, "name": "modules"},
+            {"params": [p for p in trainable if id(p) in lora_ids], "lr": lr * scale, "name": "lora"}]
 
 
 class Engine:
@@ -152,9 +178,10 @@ class AccelerateEngine(Engine):
 
     def __init__(self, cfg: DictConfig, plan: Plan, model: AlignmentModel):
         self.acc = distributed.accelerator(cfg.hardware, gradient_accumulation_steps=plan.grad_accum)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        groups = param_groups(cfg, model)
+        self.params = [p for g in groups for p in g["params"]]
         self.clip = float(cfg.align.max_grad_norm or 0.0)
-        opt = _adamw(cfg, self.params)
+        opt = _adamw(cfg, groups)
         self.sched = _schedule(cfg, plan, opt)
         self.model, self.opt = self.acc.prepare(model, opt)
         self.device, self.rank = self.acc.device, self.acc.process_index
@@ -182,7 +209,11 @@ class AccelerateEngine(Engine):
 
     def load_trainer(self, path: Path) -> None:
         trainer = torch.load(path / TRAINER_FILE, weights_only=True, map_location="cpu")
-        self.opt.load_state_dict(trainer["optimizer"])
+        try:
+            self.opt.load_state_dict(trainer["optimizer"])
+        except ValueError as e:  # torch: "loaded state dict has a different number of parameter groups", ...
+            raise ConfigError(f"align.resume={path}: its optimizer state does not fit this run ({e}); resume with "
+                              "the align.lora_lr_scale it was written with (1 = one group, otherwise two)") from None
         self.sched.load_state_dict(trainer["scheduler"])
 
 
@@ -203,10 +234,15 @@ class DeepSpeedEngine(Engine):
 
         if cfg.hardware.accelerator == "cpu":
             _skip_shm_comm()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        client_opt = None if "optimizer" in config else _adamw(cfg, self.params)
+        groups = param_groups(cfg, model)
+        self.params = [p for g in groups for p in g["params"]]
+        if "scheduler" in config and lora_lr_scale(cfg) != 1.0:
+            raise ConfigError(f"align.lora_lr_scale={lora_lr_scale(cfg)}: hardware.deepspeed has a scheduler block, "
+                              "whose rates would replace both groups' rates; remove it (align.scheduler schedules "
+                              "the run) or keep align.lora_lr_scale=1")
+        client_opt = None if "optimizer" in config else _adamw(cfg, groups)
         self.model, _, _, self.sched = deepspeed.initialize(
-            model=model, model_parameters=self.params, optimizer=client_opt, config=config,
+            model=model, model_parameters=groups, optimizer=client_opt, config=config,
             lr_scheduler=lambda opt: _schedule(cfg, plan, opt))
         self.device, self.rank = self.model.device, self.model.global_rank
 

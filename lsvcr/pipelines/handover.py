@@ -20,7 +20,7 @@ from lsvcr.models.align import (
     load_sr_for_finetune,
 )
 from lsvcr.models.llm.loader import LLMBundle
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, llm_emb_mlp
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, llm_emb_mlp
 
 log = logging.getLogger("lsvcr")
 
@@ -69,7 +69,7 @@ def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width
         raise ConfigError(f"{where}: model/sr={cfg.model.sr.name} cannot start from an alignment run; "
                           "use model/sr=lsvcr")
     try:
-        sr_state, mlp_state = load_sr_for_finetune(ckpt)
+        sr_state, mlp_state, norm_state = load_sr_for_finetune(ckpt)
         sr.load_aligned(sr_state)
     except (ValueError, RuntimeError) as e:
         aligned = json.loads((ckpt / META_FILE).read_text())["sr_config"]
@@ -82,7 +82,11 @@ def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width
     if mlp[0].in_features != table_width or mlp[-1].out_features != sr.adapter.in_features:
         raise ConfigError(f"{where}: its llm_emb_mlp maps {mlp[0].in_features} -> {mlp[-1].out_features}, but the "
                           f"tables are {table_width} wide and the SR reads {sr.adapter.in_features}")
-    return mlp
+    if norm_state is None:
+        return mlp
+    norm = Standardizer(table_width)  # the run standardised the pooled states before its llm_emb_mlp
+    norm.load_state_dict(norm_state)
+    return torch.nn.Sequential(norm, *mlp)
 
 
 def _mlp(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:

@@ -96,6 +96,48 @@ def llm_emb_mlp(hidden_size: int, out_dim: int, inner: int | None = None) -> nn.
     return nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, out_dim))
 
 
+class Standardizer(nn.Module):
+    """``x -> (x - mean) / std`` per feature, with fixed statistics (buffers: saved, never trained).
+
+    A pretrained LM's pooled and last-token states are anisotropic: a few features carry a large
+    common offset (SmolLM2-135M's mean-pooled ml-100k titles: feature means up to 27 against a median
+    spread of 0.35, mean pairwise cosine 0.90, and still 0.90 after a randomly initialised
+    ``llm_emb_mlp``), so every text and every user looks alike to what reads them. Standardising with
+    statistics of the data removes the offset (cosine -0.003 on those titles). Computed in float32
+    whatever the input's precision. Before :meth:`fit` it is the identity.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = float(eps)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @staticmethod
+    def moments(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, dim]`` -> ``[2 * dim + 1]`` float64: the sums of ``x`` and ``x**2`` and the row count
+        (each row counted ``weights [N]`` times, if given), which add up over batches and processes
+        (:meth:`fit` takes their total)."""
+        x = x.detach().double()
+        w = x.new_ones(x.shape[0]) if weights is None else weights.detach().to(x)
+        return torch.cat([w @ x, w @ x.square(), w.sum().reshape(1)])
+
+    @torch.no_grad()
+    def fit(self, moments: torch.Tensor) -> None:
+        """Set mean and std (floored at ``eps``) from summed :meth:`moments`."""
+        dim = self.mean.numel()
+        count = float(moments[-1])
+        if count < 2:
+            raise ValueError(f"standardising needs at least 2 rows, got {count:.0f}")
+        mean = moments[:dim] / count
+        var = (moments[dim:2 * dim] / count - mean.square()).clamp(min=0.0)
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(var.sqrt().clamp(min=self.eps).to(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self.mean.float()) / self.std.float()).to(x.dtype)
+
+
 def length_buckets(lengths: torch.Tensor, max_tokens: int | None) -> list[torch.Tensor]:
     """Row indices of ``lengths [N]`` in chunks of similar length, each padding to at most ``max_tokens``.
 
@@ -130,15 +172,18 @@ class LLMTextEncoder(nn.Module):
         bucket_tokens: :meth:`pooled` runs the LM on length buckets of at most this many (padded)
             tokens instead of one batch padded to its longest text (:func:`length_buckets`); None =
             one batch. The values agree to float rounding; only the padding the LM computes on changes.
+        standardize: a :class:`Standardizer` (``text_norm``) between the pooled state and
+            ``llm_emb_mlp`` (``align.standardize``; the paper has none).
     """
 
     def __init__(self, llm: nn.Module, out_dim: int = DEFAULT_OUT_DIM, hidden_size: int | None = None,
-                 bucket_tokens: int | None = None):
+                 bucket_tokens: int | None = None, standardize: bool = False):
         super().__init__()
         self.llm = llm
         self.hidden_size = int(hidden_size or llm.config.hidden_size)
         self.out_dim = int(out_dim)
         self.llm_emb_mlp = llm_emb_mlp(self.hidden_size, self.out_dim)
+        self.text_norm = Standardizer(self.hidden_size) if standardize else None
         self.bucket_tokens = None if bucket_tokens is None else int(bucket_tokens)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -174,5 +219,7 @@ class LLMTextEncoder(nn.Module):
         return (emb, hidden) if return_hidden else emb
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Pooled LM states ``[N, hidden]`` -> embeddings ``[N, out_dim]`` (``llm_emb_mlp``)."""
+        """Pooled LM states ``[N, hidden]`` -> embeddings ``[N, out_dim]`` (``text_norm``, if any, then ``llm_emb_mlp``)."""
+        if self.text_norm is not None:
+            hidden = self.text_norm(hidden)
         return self.llm_emb_mlp(hidden.to(self.llm_emb_mlp[0].weight.dtype))
