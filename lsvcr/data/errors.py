@@ -19,3 +19,10 @@ def checked_int(value, name: str, minimum: int, expected: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
         raise ConfigError(f"{name}={value}: expected {expected}")
     return value
+
+
+def checked_bool(value, name: str) -> bool:
+    """``value`` of config key ``name`` if it is a bool; otherwise one ConfigError naming the key."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value}: expected true or false")
+    return value

@@ -87,6 +87,11 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _last_prompt_state(hidden: Tensor, last_prompt_index: Tensor) -> Tensor:
+    """``hidden [B, T, H]`` at each row's last prompt token -> ``[B, H]``."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_prompt_index]
+
+
 class AlignmentModel(nn.Module):
     """LoRA causal LM + :class:`LLMTextEncoder` (sharing it) + :class:`LSVCR` + ``contrast_adapter``.
 
@@ -200,8 +205,7 @@ class AlignmentModel(nn.Module):
 
     def llm_repr(self, hidden: Tensor, last_prompt_index: Tensor) -> Tensor:
         """``hidden [B, T, H]`` at each row's last prompt token, through ``contrast_adapter`` -> ``[B, d]``."""
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, last_prompt_index]
+        last = _last_prompt_state(hidden, last_prompt_index)
         if self.prompt_norm is not None:
             last = self.prompt_norm(last)
         return self.contrast_adapter(last.to(self.contrast_adapter.weight.dtype))
@@ -218,8 +222,7 @@ class AlignmentModel(nn.Module):
         and processes do not depend on how the samples were split into batches (a batch holds each
         text once). Hand the total to :meth:`fit_standardizers`. Call in eval mode (no dropout)."""
         hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, batch.last_prompt_index]
+        last = _last_prompt_state(hidden, batch.last_prompt_index)
         pooled = self.text_encoder.pooled(batch.item_ids, batch.item_mask)
         h = batch.history
         refs = torch.cat([t.reshape(-1) for t in (h.v_video, h.v_comment, h.c_video, h.c_comment, h.target,

@@ -58,7 +58,7 @@ from lsvcr.data.align_batch import (
     AugmentConfig,
     SampleRandom,
 )
-from lsvcr.data.errors import ConfigError, checked_int
+from lsvcr.data.errors import ConfigError, checked_bool, checked_int
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
@@ -368,10 +368,7 @@ def _speed_settings(cfg: DictConfig) -> dict:
 
 
 def _llm_stop_gradient(cfg: DictConfig) -> bool:
-    value = cfg.align.get("llm_stop_gradient", False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"align.llm_stop_gradient={value}: expected true or false")
-    return value
+    return checked_bool(cfg.align.get("llm_stop_gradient", False), "align.llm_stop_gradient")
 
 
 def _standardize_samples(cfg: DictConfig) -> int | None:
@@ -391,12 +388,12 @@ def _model(cfg: DictConfig, bundle: LLMBundle, ds, ckpt: Path | None) -> Alignme
                                       standardize=_standardize_samples(cfg) is not None, **kwargs)
 
 
-def _fit_standardizers(cfg: DictConfig, engine: Engine, plan: Plan, items: np.ndarray, collator: AlignCollator) -> None:
-    """``align.standardize=N``: the standardisers' statistics from N training samples (a fixed seeded
+def _fit_standardizers(cfg: DictConfig, n: int, engine: Engine, plan: Plan, items: np.ndarray,
+                       collator: AlignCollator) -> None:
+    """``align.standardize=n``: the standardisers' statistics from n training samples (a fixed seeded
     subset, rounded down to whole batches of micro-batch x processes; no augmentation), read by the
     base LLM before the first step: each process sums the moments of its share of the batches, and
     one all-reduce gives every process the same totals (so N processes equal one)."""
-    n = _standardize_samples(cfg)
     batch = plan.micro_batch_size * plan.world
     chosen = align_eval.heldout_items(items, n, batch, int(cfg.seed))
     if len(chosen) == 0:
@@ -420,7 +417,7 @@ def run(cfg: DictConfig) -> float:
     tasks = _tasks(cfg)
     eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
     _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
-    _standardize_samples(cfg)  # and align.standardize
+    standardize = _standardize_samples(cfg)  # and align.standardize
     lora_lr_scale(cfg)  # and align.lora_lr_scale
     _llm_stop_gradient(cfg)  # and align.llm_stop_gradient
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
@@ -434,13 +431,12 @@ def run(cfg: DictConfig) -> float:
     ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
     engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
     state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
-    standardize = _standardize_samples(cfg)
     if ckpt is not None and engine.module().standardize != (standardize is not None):
         raise ConfigError(f"align.resume={ckpt}: it was written {'with' if engine.module().standardize else 'without'} "
                           f"standardisers, this run has align.standardize={standardize}; resume with the setting "
                           "it was written with")
     if ckpt is None and standardize is not None:
-        _fit_standardizers(cfg, engine, plan, items, _collator(cfg, ds, bundle.tokenizer, train=False))
+        _fit_standardizers(cfg, standardize, engine, plan, items, _collator(cfg, ds, bundle.tokenizer, train=False))
     table = engine.module().text_table
     if ckpt and table is not None:
         try:

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from lsvcr.data.align_batch import AlignBatch, AlignCollator
-from lsvcr.data.errors import ConfigError, checked_int
+from lsvcr.data.errors import ConfigError, checked_bool, checked_int
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.pipelines.align_engine import Engine
 from lsvcr.utils.loggers import is_rank_zero
@@ -63,8 +63,7 @@ def eval_settings(a: DictConfig) -> EvalSettings:
     samples = int(checked_int(samples, "align.eval_samples", 0,
                               "a number of val samples >= 0 (0 or null = no held-out evaluation)") or 0)
     checked_int(every, "align.eval_every", 1, "a number of optimizer steps >= 1, or null (evaluate only at the end)")
-    if not isinstance(initial, bool):
-        raise ConfigError(f"align.eval_initial={initial}: expected true or false")
+    checked_bool(initial, "align.eval_initial")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not -1.0 <= threshold <= 1.0):
         raise ConfigError(f"align.collapse_cosine={threshold}: expected a cosine in [-1, 1], or null (never warn)")
