@@ -100,6 +100,18 @@ def test_settings_that_change_values_change_the_directory(embedded):
     assert tables_dir(compose_cfg("embed.out_dir=/somewhere"), ds) == Path("/somewhere")
 
 
+def test_mlp_seed_lets_a_seed_sweep_share_one_set_of_tables(embedded):
+    # an un-aligned run's llm_emb_mlp is random: drawn from embed.mlp_seed when set, else from seed
+    _, ds, tables = embedded
+    assert tables_dir(compose_cfg("seed=5", "embed.mlp_seed=2024"), ds) == tables  # the default run: seed 2024
+    drawn, _, _ = ensure_tables(compose_cfg("seed=1"), ds)
+    fixed, _, _ = ensure_tables(compose_cfg("seed=7", "embed.mlp_seed=1"), ds)
+    assert Path(fixed.filename) == Path(drawn.filename)  # reused, not built again
+    assert not np.allclose(drawn, np.load(tables / "videos.npy"))  # another seed draws another projection
+    with pytest.raises(ConfigError, match=r"embed.mlp_seed=-1: expected an int >= 0 or null"):
+        tables_dir(compose_cfg("embed.mlp_seed=-1"), ds)
+
+
 def test_out_dir_made_with_other_settings_is_refused(embedded):
     _, ds, tables = embedded
     with pytest.raises(ConfigError, match="embed.out_dir"):

@@ -38,7 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lsvcr import distributed
-from lsvcr.data.errors import ConfigError, DataError
+from lsvcr.data.errors import ConfigError, DataError, checked_int
 from lsvcr.data.store import PreparedDataset
 from lsvcr.models.llm.embed import EMBED_MANIFEST, encode_table, load_embed_tables, merge_shards, write_embed_manifest
 from lsvcr.models.llm.text_encoder import DEFAULT_OUT_DIM, LLMTextEncoder
@@ -65,12 +65,18 @@ def _out_dim(cfg: DictConfig) -> int:
     return int(cfg.embed.get("out_dim", DEFAULT_OUT_DIM))
 
 
+def mlp_seed(cfg: DictConfig) -> int:
+    """The seed of an un-aligned run's random ``llm_emb_mlp``: ``embed.mlp_seed``, else ``seed``."""
+    value = cfg.embed.get("mlp_seed")
+    return int(cfg.seed) if value is None else checked_int(value, "embed.mlp_seed", 0, "an int >= 0 or null")
+
+
 def tables_fingerprint(cfg: DictConfig) -> str:
     """Short hash of every setting that changes a table's values.
 
     ``embed.batch_size`` is left out on purpose: rows are batch-invariant (position ids count real
     tokens, padding is masked). ``out_dim`` sets the width, and an un-aligned run's ``llm_emb_mlp``
-    is drawn from ``seed``, so both are in; an aligned run's MLP comes from its checkpoint instead.
+    is drawn from :func:`mlp_seed`, so both are in; an aligned run's MLP comes from its checkpoint instead.
     """
     init_from = _init_from(cfg)
     return _short_hash({
@@ -78,7 +84,7 @@ def tables_fingerprint(cfg: DictConfig) -> str:
         "max_length": int(cfg.embed.max_length),
         "init_from": init_from,
         "out_dim": _out_dim(cfg),
-        "mlp_seed": None if init_from else int(cfg.seed),
+        "mlp_seed": None if init_from else mlp_seed(cfg),
     })
 
 
@@ -260,7 +266,7 @@ def _load_encoder(cfg: DictConfig, ds: PreparedDataset):
     with distributed.rank_zero_first():  # rank 0 trains and saves the tokenizer; the others reload it
         bundle = spec.build(lambda: dataset_texts(ds), llm_workdir(cfg, ds))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))  # an un-aligned run's llm_emb_mlp: random, but reproducible
+        torch.manual_seed(mlp_seed(cfg))  # an un-aligned run's llm_emb_mlp: random, but reproducible
         encoder = LLMTextEncoder(bundle.model, out_dim=_out_dim(cfg))
     return encoder, bundle.tokenizer, bundle.name, bundle.source
 
