@@ -178,8 +178,27 @@ def test_eval_schedule_without_samples_is_refused_and_defaults_are_end_only():
     ("align.standardize=1", "align.standardize=1: expected a number of training samples >= 2 or null"),
     ("align.lora_lr_scale=-0.5", "align.lora_lr_scale=-0.5: expected a number >= 0"),
     ("align.llm_stop_gradient=2", "align.llm_stop_gradient=2: expected true or false"),
+    ("align.loss_warmup_steps=5", "align.loss_warmup_steps=5: nothing to warm up"),
 ])
 def test_cli_refuses_a_bad_align_key_before_any_work(tmp_path, override, message):
     r = run_cli(["stage=align", override], tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and message in r.stderr
     assert not (tmp_path / "data").exists()  # nothing prepared
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["align.loss_warmup_steps=0", "align.contrast_warmup=true"], r"align\.loss_warmup_steps=0: expected a number"),
+    (["align.loss_warmup_steps=4"], r"align\.loss_warmup_steps=4: nothing to warm up"),
+    (["align.temperature_start=1.0"], r"need align\.loss_warmup_steps=N"),
+    (["align.contrast_warmup=true"], r"need align\.loss_warmup_steps=N"),
+    (["align.loss_warmup_steps=4", "align.temperature_start=-1"], r"align\.temperature_start=-1: expected a temperature > 0"),
+    (["align.loss_warmup_steps=4", "align.contrast_warmup=yes"], r"align\.contrast_warmup=yes: expected true or false"),
+])
+def test_bad_loss_warmup_keys_are_config_errors(overrides, match):
+    from lsvcr.pipelines.align import _loss_warmup
+
+    with pytest.raises(ConfigError, match=match):
+        _loss_warmup(cfg_of(*overrides))
+    assert _loss_warmup(cfg_of()) is None  # the paper's fixed values
+    w = _loss_warmup(cfg_of("align.loss_warmup_steps=4", "align.temperature_start=1.0"))
+    assert (w.steps, w.temperature, w.temperature_start, w.contrast_weight, w.contrast_from_zero) == (4, 0.07, 1.0, 0.5, False)

@@ -115,6 +115,32 @@ def test_evaluation_does_not_change_training(aligned):
     assert json.loads((plain / "align.json").read_text())["val"] is None
 
 
+def test_loss_warmup_trains_on_its_ramp_and_evaluates_and_saves_the_final_values(aligned):
+    """align.loss_warmup_steps=16 (longer than the 8-step run, so it ends mid-ramp): each logged step
+    records the temperature and contrast weight it trained with; the held-out evaluations and the
+    checkpoints use the final ones (0.07, 0.5), so step 0 is the plain run's."""
+    from lsvcr.losses.warmup import LossWarmup
+
+    out, run = aligned
+    warm = out / "warmup"
+    text = cli([*ALIGN, *EVAL, "align.loss_warmup_steps=16", "align.temperature_start=1.0",
+                "align.contrast_warmup=true"], out, warm)
+    assert "loss warm-up over 16 optimizer steps: temperature 1 -> 0.07, contrast weight 0 -> 0.5" in text
+    ramp = LossWarmup(16, 0.07, 0.5, temperature_start=1.0, contrast_from_zero=True)
+    losses = json.loads((warm / "losses.json").read_text())
+    for e in losses:  # a window's last micro-batches belong to its step, trained with the ramp's values after step - 1
+        t, w = ramp.at(e["step"] - 1)
+        assert (e["temperature"], e["contrast_weight"]) == (round(t, 6), round(w, 6))
+    assert losses != json.loads((run / "losses.json").read_text())
+    evals, plain = _evals(warm), _evals(run)
+    assert evals[0] == plain[0]  # evaluated before any step, with the final values: the plain run's step 0
+    for e in evals:
+        assert e["loss"] == pytest.approx(e["lm_loss"] + e["rec_loss"] + 0.5 * e["contrast_loss"], rel=1e-4)
+    for ckpt in (warm / "align_step4", warm / "align"):
+        meta = json.loads((ckpt / "alignment.json").read_text())
+        assert (meta["temperature"], meta["contrast_weight"]) == (0.07, 0.5)
+
+
 def test_checkpoint_layout(aligned):
     _, run = aligned
     for ckpt in (run / "align", run / "align_step4"):

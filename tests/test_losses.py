@@ -138,3 +138,33 @@ def test_distributed_symmetric_info_nce_matches_single_process(tmp_path):
         # DDP averages gradients over ranks, so each rank holds world x the global gradient
         assert (out["a_grad"] / world - a.grad[rows]).abs().max() < 1e-6
         assert (out["b_grad"] / world - b.grad[rows]).abs().max() < 1e-6
+
+
+def test_loss_warmup_ramps_temperature_geometrically_and_contrast_linearly():
+    from lsvcr.losses.warmup import LossWarmup
+
+    w = LossWarmup(steps=4, temperature=0.07, contrast_weight=0.5, temperature_start=1.0, contrast_from_zero=True)
+    temps, weights = zip(*(w.at(s) for s in range(7)))
+    assert temps[0] == pytest.approx(1.0) and weights[0] == 0.0  # before the first step
+    assert temps[2] == pytest.approx(math.sqrt(0.07)) and weights[2] == pytest.approx(0.25)  # half-way
+    assert temps[4:] == pytest.approx((0.07,) * 3) and weights[4:] == pytest.approx((0.5,) * 3)  # then fixed
+    ratios = [b / a for a, b in zip(temps[:4], temps[1:5])]
+    assert ratios == pytest.approx([0.07 ** 0.25] * 4)  # equal ratios per step
+    # either part alone leaves the other at its final value
+    assert LossWarmup(4, 0.07, 0.5, temperature_start=1.0).at(1)[1] == 0.5
+    assert LossWarmup(4, 0.07, 0.5, contrast_from_zero=True).at(1) == (0.07, 0.125)
+
+    class Model:
+        temperature, contrast_weight = 0.07, 0.5
+
+    model = Model()
+    w.apply(model, 1)
+    ramp = (model.temperature, model.contrast_weight)
+    assert ramp == w.at(1)
+    with w.final(model):  # held-out evaluation and saving see the final values, then the ramp goes on
+        assert (model.temperature, model.contrast_weight) == (0.07, 0.5)
+    assert (model.temperature, model.contrast_weight) == ramp
+    with pytest.raises(ValueError, match="at least one optimizer step"):
+        LossWarmup(0, 0.07, 0.5, temperature_start=1.0)
+    with pytest.raises(ValueError, match="temperature_start=0.0"):
+        LossWarmup(3, 0.07, 0.5, temperature_start=0.0)

@@ -35,8 +35,10 @@ dropout the process count does not change a step either: 2 processes x micro-bat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import resource
 import shutil
 import time
@@ -62,6 +64,7 @@ from lsvcr.data.errors import ConfigError, checked_bool, checked_int
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
+from lsvcr.losses.warmup import LossWarmup
 from lsvcr.models.align import (
     TOKENIZER_DIR,
     AlignmentModel,
@@ -220,7 +223,7 @@ class TrainState:
 def _save(path: Path, r: _Run) -> None:
     """A resumable checkpoint in ``path`` (every rank calls: DeepSpeed saves its shards collectively)."""
     core = r.engine.module()
-    with r.engine.gathered():
+    with r.engine.gathered(), r.final_losses():
         if is_rank_zero():
             save_alignment(core, path)
             stamp = r.workdir / "tokenizer" / FINGERPRINT_FILE  # marks a trained tiny tokenizer as loadable
@@ -289,7 +292,12 @@ class _Run:
     state: TrainState
     eval_cfg: align_eval.EvalSettings
     heldout: align_eval.HeldOut | None  # None: no held-out evaluation
+    warmup: LossWarmup | None = None  # align.loss_warmup_steps; None = the paper's fixed values
     eval_seconds: float = 0.0
+
+    def final_losses(self):
+        """The loss settings' final values inside the block (evaluation, saving) while a warm-up runs."""
+        return self.warmup.final(self.engine.module()) if self.warmup else contextlib.nullcontext()
 
 
 def _train(r: _Run) -> None:
@@ -310,6 +318,8 @@ def _train(r: _Run) -> None:
             _seed_step(int(r.cfg.seed), epoch, micro, eng.rank)
             if table is not None:
                 table.at_step(state.step)
+            if r.warmup is not None:
+                r.warmup.apply(eng.module(), state.step)
             out, stepped = eng.micro_step(batch)
             for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS):
                 window[k] += float(out[k].detach())
@@ -342,6 +352,9 @@ def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
     entry |= {k: round(float(v), 6) for k, v in zip(keys, means.tolist())}
     if r.engine.grad_norm is not None:
         entry["grad_norm"] = round(float(r.engine.grad_norm), 6)
+    if r.warmup is not None:  # the values the window's last step trained with
+        core = r.engine.module()
+        entry |= {"temperature": round(core.temperature, 6), "contrast_weight": round(core.contrast_weight, 6)}
     r.state.losses.append(entry)
     r.logger.log({f"train/{k}" if k in keys else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
     log.info("step %d/%d: %s", r.state.step, r.plan.total_steps,
@@ -352,7 +365,8 @@ def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
 def _evaluate(r: _Run) -> None:
     """A held-out evaluation at the current step (every rank; :mod:`lsvcr.pipelines.align_eval`)."""
     t0 = time.perf_counter()
-    values = align_eval.evaluate(r.engine, r.heldout)
+    with r.final_losses():
+        values = align_eval.evaluate(r.engine, r.heldout)
     entry = align_eval.record(values, r.state.step, r.plan.total_steps, r.heldout, r.eval_cfg, r.path, r.logger)
     r.state.evals.append(entry)
     r.eval_seconds += time.perf_counter() - t0
@@ -369,6 +383,27 @@ def _speed_settings(cfg: DictConfig) -> dict:
 
 def _llm_stop_gradient(cfg: DictConfig) -> bool:
     return checked_bool(cfg.align.get("llm_stop_gradient", False), "align.llm_stop_gradient")
+
+
+def _loss_warmup(cfg: DictConfig) -> LossWarmup | None:
+    """``align.loss_warmup_steps``, ``align.temperature_start`` and ``align.contrast_warmup``, checked."""
+    a = cfg.align
+    steps = checked_int(a.get("loss_warmup_steps"), "align.loss_warmup_steps", 1,
+                        "a number of optimizer steps >= 1 or null (no warm-up, the paper's)")
+    start, ramp = a.get("temperature_start"), checked_bool(a.get("contrast_warmup", False), "align.contrast_warmup")
+    if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float))
+                              or not math.isfinite(start) or start <= 0):
+        raise ConfigError(f"align.temperature_start={start}: expected a temperature > 0 or null")
+    if steps is None:
+        if start is not None or ramp:
+            raise ConfigError("align.temperature_start and align.contrast_warmup need align.loss_warmup_steps=N "
+                              "(the optimizer steps they take to reach align.temperature and align.contrast_weight)")
+        return None
+    if start is None and not ramp:
+        raise ConfigError(f"align.loss_warmup_steps={steps}: nothing to warm up; set align.temperature_start "
+                          "(e.g. 1.0) and/or align.contrast_warmup=true")
+    return LossWarmup(steps, float(a.temperature), float(a.contrast_weight),
+                      None if start is None else float(start), ramp)
 
 
 def _standardize_samples(cfg: DictConfig) -> int | None:
@@ -420,6 +455,7 @@ def run(cfg: DictConfig) -> float:
     standardize = _standardize_samples(cfg)  # and align.standardize
     lora_lr_scale(cfg)  # and align.lora_lr_scale
     _llm_stop_gradient(cfg)  # and align.llm_stop_gradient
+    warmup = _loss_warmup(cfg)  # and the warm-up keys
     _sr_config(cfg, 0)  # a wrong model/sr fails before any work
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
@@ -449,7 +485,10 @@ def run(cfg: DictConfig) -> float:
     if heldout:
         align_eval.restart_file(path, state.evals)
     r = _Run(cfg, path, llm_workdir(cfg, ds), engine, plan, items, _collator(cfg, ds, bundle.tokenizer),
-             start_logger(cfg, path), state, eval_cfg, heldout)
+             start_logger(cfg, path), state, eval_cfg, heldout, warmup)
+    if warmup is not None:
+        log.info("loss warm-up over %d optimizer steps: temperature %g -> %g, contrast weight %g -> %g",
+                 warmup.steps, warmup.at(0)[0], warmup.temperature, warmup.at(0)[1], warmup.contrast_weight)
     # ds_numel: a parameter's size when ZeRO-3 has sharded it away
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module().parameters() if p.requires_grad)
     log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
