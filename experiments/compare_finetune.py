@@ -3,12 +3,14 @@
     python experiments/compare_finetune.py                      # 3 seeds, the default world
     python experiments/compare_finetune.py --world off          # the same with every mechanism off
     python experiments/compare_finetune.py --seeds 0 1 2 --extra finetune.epochs=30   # extra: fine-tuning runs
+    python experiments/compare_finetune.py --only "lsvcr (un-aligned)" --tag smollm2 \
+        --extra model/llm=smollm2_135m model.llm.dtype=bfloat16 embed.mlp_seed=0   # SmolLM2's text tables
 
-Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/<world>/);
+Each row is a real `lsvcr` run (a subprocess, outputs under outputs/experiments/compare/<world or --tag>/);
 the seed changes model initialisation, batch order and negatives, not the world. Prints one
 Markdown table of test-split metrics (mean ± std over seeds): full and sampled ranking, and full
 ranking on the cold and warm targets; writes it, with every run's numbers, to
-outputs/experiments/compare/<world>/results.json.
+outputs/experiments/compare/<world or --tag>/results.json.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every fine-tuning run")
     ap.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
     ap.add_argument("--world", choices=sorted(WORLDS), default="on", help="mechanisms on (default) or off")
+    ap.add_argument("--tag", default=None, help="results under outputs/experiments/compare/<tag>/ (default: the world)")
     args = ap.parse_args()
-    out = OUT / args.world
+    out = OUT / (args.tag or args.world)
     results: dict[str, list] = {}
     for label, task, run_args in RUNS:
         if args.only and label not in args.only:
@@ -96,6 +99,7 @@ def main() -> None:
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "extra": args.extra, "world": args.world,
+                                                  "only": args.only,
                                                   "runs": results, "table": table}, indent=2))
 
 
