@@ -133,7 +133,12 @@ def test_two_ranks_evaluate_as_one_process(one, two):
     assert all(e["samples"] == 32 and e["rec_top1_chance"] == 1 / 8 for e in a + b)
     diffs = {k: max(abs(x[k] - y[k]) for x, y in zip(a, b)) for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS)}
     print("held-out max abs differences, 1 process x 8 vs 2 ranks x 4:", diffs)
-    assert all(d < 1e-5 for d in diffs.values()), diffs  # the losses' own tolerance (6 decimals + fp32 order)
+    # a top-1 is an argmax: where two candidates' scores tie to fp32 rounding, the other summation order
+    # of 2 ranks may pick the other one (seen on one CPU type: llm_sr_top1, one of the 32 samples, with
+    # every loss equal to 1e-6); the losses and cosines keep their own tolerance (6 decimals + fp32 order)
+    top1 = {k for k in diffs if k.endswith("_top1")}
+    assert all(d < 1e-5 for k, d in diffs.items() if k not in top1), diffs
+    assert all(diffs[k] <= 1 / 32 + 1e-9 for k in top1), diffs
     assert a[0]["loss"] != a[1]["loss"]  # two evaluations of different weights compared
 
 

@@ -1,10 +1,11 @@
 """A warm-up of the alignment losses' temperature and contrast weight over the first optimizer steps.
 
-At the paper's temperature (0.07) the in-batch InfoNCE terms of a randomly initialised SR are far
-from chance: its cosine similarities spread by ~0.3, which the temperature turns into logits that
-differ by ~4 and a loss above ln(candidates). Before the SR can tell a target from the other
+At the paper's temperature (0.07) the in-batch InfoNCE terms of a randomly initialised SR start far
+from chance: a cosine spread of 0.3 becomes logits ~4 apart, and the loss starts above
+ln(candidates) (held-out rec_loss 2.17 and 2.65 at step 0 in the two SmolLM2 runs, ln 4 = 1.39). Before the SR can tell a target from the other
 candidates, the quickest way down is to make every user representation alike (all logits equal,
-the loss at chance): the collapse the held-out ``sr_cosine`` shows with SmolLM2. A warm-up starts
+the loss at chance): the collapse the held-out ``sr_cosine`` showed with SmolLM2 on ml-100k
+(0.783 at step 0, 0.975 at step 24 with ``align.standardize``). A warm-up starts
 from a softer temperature (logits close together, so the gradient that reaches the SR is the
 discriminative one rather than "shrink the spread") and/or without the contrast terms, and reaches
 the paper's values after ``steps`` optimizer steps:
