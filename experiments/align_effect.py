@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_finetune import RUNS as WORLD_RUNS  # noqa: E402  (the world's fine-tuning recipe per task)
+from compare_finetune import mean_sd_cells, run_one  # noqa: E402
 from real_data import LSVCR as MOVIELENS_LSVCR  # noqa: E402  (LSVCR's recipe on MovieLens)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,11 +68,7 @@ def finished(run: Path, overrides: list[str]) -> dict | None:
 def fine_tune(overrides: list[str], run: Path) -> dict:
     metrics = finished(run, overrides)
     if metrics is None:
-        env = {**os.environ, "LSVCR_OUTPUT_DIR": str(run.parent), "LSVCR_DATA_DIR": str(OUT / "data")}
-        run.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "lsvcr.main", *overrides, "hydra/job_logging=disabled",
-                        f"hydra.run.dir={run}"], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        metrics = finished(run, overrides)
+        return run_one(overrides, run.parent, with_run=True, data_dir=OUT / "data", run=run)
     return {"test": metrics["results"]["test"], "best_epoch": metrics.get("best_epoch"),
             "train_seconds": metrics.get("train_seconds"), "run_dir": str(run)}
 
@@ -89,11 +83,7 @@ def table(results: dict) -> str:
         for protocol in PROTOCOLS:
             if not all(protocol in r["test"] for r in runs):
                 continue
-            cells = []
-            for m in METRICS:
-                vals = [r["test"][protocol][m] for r in runs]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+            cells = mean_sd_cells([r["test"] for r in runs], protocol, METRICS)
             seeds = " / ".join(f"{r['test'][protocol]['ndcg@10']:.4f}" for r in runs)
             epochs = "/".join(str(r["best_epoch"]) for r in runs) if protocol == "full" else ""
             count = int(runs[0]["test"][protocol]["count"])

@@ -47,11 +47,15 @@ WORLDS = {"on": [], "off": ["data.mechanisms=false"]}  # the default world, and 
 PROTOCOLS = ("full", "full/cold", "full/warm", "sampled")
 
 
-def run_one(args: list[str], out: Path, with_run: bool = False, data_dir: Path = OUT / "data") -> dict:
-    """The test results of one `lsvcr` run; with ``with_run`` also its best epoch and train time."""
+def run_one(args: list[str], out: Path, with_run: bool = False, data_dir: Path = OUT / "data",
+            run: Path | None = None) -> dict:
+    """The test results of one `lsvcr` run; with ``with_run`` also its best epoch and train time.
+    ``run``: its run directory (default: a new one under ``out/runs``)."""
     env = {**os.environ, "LSVCR_OUTPUT_DIR": str(out), "LSVCR_DATA_DIR": str(data_dir)}
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S_"), dir=out / "runs"))  # safe next to other drivers
+    if run is None:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S_"), dir=out / "runs"))  # safe beside others
+    run.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "lsvcr.main", *args, "hydra/job_logging=disabled", f"hydra.run.dir={run}"],
                    cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -59,6 +63,16 @@ def run_one(args: list[str], out: Path, with_run: bool = False, data_dir: Path =
         return metrics["results"]["test"]
     return {"test": metrics["results"]["test"], "best_epoch": metrics.get("best_epoch"),
             "train_seconds": metrics.get("train_seconds"), "run_dir": str(run)}
+
+
+def mean_sd_cells(tests: list[dict], protocol: str, metrics=METRICS) -> list[str]:
+    """``"mean ± sd"`` over the runs' test results of ``protocol``, one cell per metric (sd 0 for one run)."""
+    cells = []
+    for m in metrics:
+        vals = [t[protocol][m] for t in tests]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+    return cells
 
 
 def main() -> None:
@@ -88,11 +102,7 @@ def main() -> None:
         for protocol in PROTOCOLS:
             if not all(protocol in r for r in runs):
                 continue
-            cells = []
-            for m in METRICS:
-                vals = [r[protocol][m] for r in runs]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+            cells = mean_sd_cells(runs, protocol)
             lines.append(f"| {task} | {label} | {protocol} (n={int(runs[0][protocol]['count'])}) | "
                          + " | ".join(cells) + " |")
     table = "\n".join(lines)

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_finetune import run_one  # noqa: E402  (one way to run a row, shared with the world comparison)
+from compare_finetune import mean_sd_cells, run_one  # noqa: E402  (one way to run a row, shared with the world comparison)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "experiments" / "real"
@@ -88,11 +87,7 @@ def main() -> None:
         for protocol in PROTOCOLS:
             if not all(protocol in r["test"] for r in runs):
                 continue
-            cells = []
-            for m in METRICS:
-                vals = [r["test"][protocol][m] for r in runs]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+            cells = mean_sd_cells([r["test"] for r in runs], protocol, METRICS)
             best = "/".join(str(r.get("best_epoch")) for r in runs) if protocol == "full" else ""
             secs = "/".join(f"{r['seconds_to_best']:.0f}" for r in runs if "seconds_to_best" in r) if protocol == "full" else ""
             lines.append(f"| {label} | {protocol} (n={int(runs[0]['test'][protocol]['count'])}) | " + " | ".join(cells)
