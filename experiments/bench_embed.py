@@ -8,7 +8,7 @@ For each model (the directories ``lsvcr-assets`` made, loaded with the project's
 ``PretrainedEncoder`` for MiniLM, ``PretrainedCausalLM`` for SmolLM2, ``--dtype``) and each text set it
 prints items/s of
 
-- **batched**: :func:`lsvcr.models.llm.embed.encode_table`, the path ``stage=embed`` takes (length-sorted
+- **batched**: :func:`lsvcr.models.llm.table_encoder.encode_table`, the path ``stage=embed`` takes (length-sorted
   batches of ``--batch-size``, padding to the batch's longest, inference mode, rows written to a
   memory-mapped ``.npy``), on every text of the set (or the first ``--limit``);
 - **loop**: the official code's way, one text per forward under ``torch.no_grad()`` with the same
@@ -88,7 +88,7 @@ def build_encoder(model: str, path: Path, dtype: str = "float32"):
 
 
 def time_batched(encoder, tokenizer, texts, args, tmp: Path) -> float:
-    from lsvcr.models.llm.embed import encode_table
+    from lsvcr.models.llm.table_encoder import encode_table
 
     t0 = time.perf_counter()
     encode_table(encoder, tokenizer, texts, tmp / "table.npy", batch_size=args.batch_size,
@@ -100,7 +100,7 @@ def time_loop(encoder, tokenizer, texts, args) -> float:
     """One text per forward, no padding, ``torch.no_grad()`` (the official extraction loop)."""
     import torch
 
-    from lsvcr.models.llm.text_encoder import encode_texts
+    from lsvcr.data.tokens import encode_texts
 
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -53,7 +53,7 @@ def accelerator(hw, **kwargs):
     ``kwargs`` go to the constructor. Inside a launched rank it joins the process group above."""
     from accelerate import Accelerator
 
-    from lsvcr.launch import ACCELERATE_PRECISION
+    from lsvcr.utils.precision import ACCELERATE_PRECISION
 
     return Accelerator(cpu=hw.get("accelerator", "cpu") == "cpu",
                        mixed_precision=ACCELERATE_PRECISION[hw.get("precision", "fp32")], **kwargs)

@@ -29,13 +29,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
+from lsvcr.utils.precision import ACCELERATE_PRECISION, PRECISIONS
 
 log = logging.getLogger("lsvcr")
-
-#: ``hardware.precision`` -> Accelerate's ``mixed_precision`` (``accelerate launch`` here, and
-#: :func:`lsvcr.distributed.accelerator` in the ranks)
-ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 # set for the launched ranks (and by lsvcr.rank itself): a rank never launches ranks of its own
 ENV_RESOLVED = "LSVCR_RESOLVED_CONFIG"
@@ -97,7 +94,7 @@ def resolve_hardware(hw: dict) -> dict:
                           f"got {hw['accelerator']!r} / {hw['backend']!r}")
     if hw["backend"] == "nccl" and hw["accelerator"] != "cuda":
         raise ConfigError("hardware.backend=nccl needs hardware.accelerator=cuda (use gloo on the CPU)")
-    if hw["precision"] not in ("fp32", "bf16", "fp16"):
+    if hw["precision"] not in PRECISIONS:
         raise ConfigError(f"hardware.precision must be fp32|bf16|fp16, got {hw['precision']!r}")
     gpus = _visible_gpus(hw) if hw["accelerator"] == "cuda" else 0
     if hw["nproc_per_node"] == "auto":

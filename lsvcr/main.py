@@ -14,7 +14,7 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from lsvcr.data.errors import UserError
+from lsvcr.errors import UserError
 from lsvcr.launch import maybe_launch
 
 log = logging.getLogger("lsvcr")

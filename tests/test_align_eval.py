@@ -12,22 +12,21 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TEST_TEMPLATES, run_cli
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, TEST_TEMPLATES, run_cli
 from lsvcr.data.align_batch import AlignCollator, AugmentConfig, align_items
 from lsvcr.data.builder import write_dataset
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
+from lsvcr.errors import ConfigError
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines import align_eval
-from lsvcr.pipelines.align import Plan
-from lsvcr.pipelines.align_engine import AccelerateEngine
+from lsvcr.pipelines.align_engine import AccelerateEngine, Plan
 from lsvcr.utils.loggers import JsonlLogger
 
 KEYS = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY, run_cli
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.pipelines.handover import load_aligned_sr

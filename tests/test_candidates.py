@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lsvcr.metrics.candidates import sample_comment_candidates, sample_video_candidates
+from lsvcr.data.candidates import sample_comment_candidates, sample_video_candidates
 
 
 def _no_row_duplicates(a: np.ndarray, ignore: int | None = None) -> bool:

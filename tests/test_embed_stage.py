@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY, finish_cli, run_cli, start_cli
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, TINY, finish_cli, run_cli, start_cli
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.store import PreparedDataset
-from lsvcr.models.llm.embed import EMBED_MANIFEST
+from lsvcr.data.table_files import TABLES_MANIFEST
+from lsvcr.errors import ConfigError
 from lsvcr.pipelines.embed import dataset_texts, ensure_tables, tables_dir
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def embedded(tmp_path_factory):
 
 def test_tables_cover_every_title_and_comment(embedded):
     out, ds, tables = embedded
-    manifest = json.loads((tables / EMBED_MANIFEST).read_text())
+    manifest = json.loads((tables / TABLES_MANIFEST).read_text())
     assert manifest["model"] == "tiny" and manifest["checkpoint"] is None and manifest["max_length"] == 16
     assert manifest["dataset"]["fingerprint"] == ds.manifest["fingerprint"]
     video, comment = np.load(tables / "videos.npy"), np.load(tables / "comments.npy")
@@ -85,7 +85,7 @@ def test_runs_started_together_build_the_tables_once(embedded):
     assert sum("text tables: building them" in text for text in logs) == 1, logs
     assert sum("text tables: reusing" in text for text in logs) == 2
     tables = tables_dir(compose_cfg("embed.max_length=12"), ds)
-    assert sorted(p.name for p in tables.iterdir()) == [".build.lock", "comments.npy", EMBED_MANIFEST, "videos.npy"]
+    assert sorted(p.name for p in tables.iterdir()) == [".build.lock", "comments.npy", TABLES_MANIFEST, "videos.npy"]
     video, _, _ = ensure_tables(compose_cfg("embed.max_length=12"), ds)
     assert np.isfinite(video).all() and not video[0].any() and np.abs(video[1:]).sum(axis=1).min() > 0
 

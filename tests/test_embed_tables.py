@@ -7,17 +7,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lsvcr.data.errors import DataError
-from lsvcr.models.llm.embed import (
-    EMBED_MANIFEST,
-    encode_table,
-    load_embed_tables,
-    merge_shards,
-    shard_paths,
-    write_embed_manifest,
-)
+from lsvcr.data.table_files import TABLES_MANIFEST, load_tables, merge_shards, shard_paths, write_tables_manifest
+from lsvcr.data.tokens import encode_texts
+from lsvcr.errors import DataError
 from lsvcr.models.llm.loader import TinyCausalLM
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, encode_texts
+from lsvcr.models.llm.table_encoder import encode_table
+from lsvcr.models.llm.text_encoder import LLMTextEncoder
 
 TEXTS = [
     "今天天气真好[捂脸]",
@@ -132,17 +127,17 @@ def test_nonfinite_embedding_names_the_item(tmp_path, bundle, encoder):
 def test_manifest_records_tables_and_detects_mismatch(tmp_path, bundle, encoder):
     encode_table(encoder, bundle.tokenizer, TEXTS, tmp_path / "video.npy", hidden_path=tmp_path / "video_h.npy",
                  max_length=MAX_LEN, progress=False)
-    write_embed_manifest(tmp_path, model_name=bundle.source, checkpoint="ckpt/step-1", max_length=MAX_LEN,
+    write_tables_manifest(tmp_path, model_name=bundle.source, checkpoint="ckpt/step-1", max_length=MAX_LEN,
                          tables={"video": tmp_path / "video.npy", "video_hidden": tmp_path / "video_h.npy"},
                          extra={"stage": "embed"})
-    manifest, arrays = load_embed_tables(tmp_path)
+    manifest, arrays = load_tables(tmp_path)
     assert manifest["model"] == bundle.source and manifest["checkpoint"] == "ckpt/step-1"
     assert manifest["max_length"] == MAX_LEN and manifest["stage"] == "embed"
     assert manifest["tables"]["video"] == {"file": "video.npy", "items": len(TEXTS), "dim": 16, "dtype": "float32"}
     assert arrays["video_hidden"].shape == (len(TEXTS) + 1, 32)
     np.save(tmp_path / "video.npy", np.zeros((3, 16), np.float32))
     with pytest.raises(DataError, match="manifest says"):
-        load_embed_tables(tmp_path)
-    (tmp_path / EMBED_MANIFEST).unlink()
+        load_tables(tmp_path)
+    (tmp_path / TABLES_MANIFEST).unlink()
     with pytest.raises(DataError, match="run stage=embed"):
-        load_embed_tables(tmp_path)
+        load_tables(tmp_path)

@@ -9,13 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY, run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, run_cli
-from lsvcr.data.errors import ConfigError
+from lsvcr.data.tokens import encode_texts
+from lsvcr.errors import ConfigError
 from lsvcr.models.llm.loader import PretrainedEncoder, TinyEncoder
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, encode_texts
+from lsvcr.models.llm.text_encoder import LLMTextEncoder
 
 TEXTS = ["a man plays a guitar", "the cat sleeps on the sofa", "今天天气真好[捂脸]", "", "ok", "dogs and cats and birds"]
 PRESETS = REPO / "conf" / "model" / "llm"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from lsvcr.data.errors import DataError
+from lsvcr.errors import DataError
 from lsvcr.data.sources import read_kuaicomt
 from lsvcr.data.validate import validate
-from test_sources import KUAICOMT, write_files, write_official
+from test_sources import write_official
 
 # a KuaiComt-schema world big enough for the checks that look at shares of rows
 VIDEOS = "video_id,author_id,video_type,upload_dt,caption,duration,category\n" + "".join(

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, run_cli
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.launch import ENV_RESOLVED, build_command, executable, free_port, maybe_launch, resolve_hardware
 from lsvcr.rank import parse_args
 from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto

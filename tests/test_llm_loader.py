@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, LlamaForCausalLM, Qwen2ForCausalLM
 
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.models.llm.loader import LLMBundle, LoraSettings, PretrainedCausalLM, TinyCausalLM
 from lsvcr.models.llm.tokenizer import BPETokenizerTrainer
 

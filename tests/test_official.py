@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+from test_sources import Exploit, comm_sample, sample, write_lines, write_official
+
 from lsvcr.data.builder import write_dataset
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.official import read_official
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import SPLITS, TASKS, PreparedDataset
 from lsvcr.data.validate import validate
-from test_sources import Exploit, comm_sample, sample, write_lines, write_official
+from lsvcr.errors import ConfigError, DataError
 
 WIDTH = 8
 
@@ -313,9 +313,9 @@ def test_embedding_tables_are_imported_row_by_id(tmp_path):
     _assert_tables_are_the_files_rows(ds, root, video, comment)
     assert "orphan" not in ds.raw_ids("comments").to_pylist()
     # the embed stage's own format, so its loader reads them
-    from lsvcr.models.llm.embed import load_embed_tables
+    from lsvcr.data.table_files import load_tables
 
-    manifest, arrays = load_embed_tables(ds.root / info["dir"])
+    manifest, arrays = load_tables(ds.root / info["dir"])
     assert set(arrays) == {"video", "comment"} and manifest["out_dim"] == WIDTH
 
     off = prepare(root, tmp_path / "off", embeddings=False)
@@ -405,9 +405,9 @@ def test_finetune_and_evaluate_read_the_imported_tables_without_an_embed_stage(t
             assert again[split][protocol] == pytest.approx(metrics, rel=1e-6), (split, protocol)
 
     # the model fine-tuning builds holds the files' rows of its own videos and comments
+    from conftest import REPO
     from hydra import compose, initialize_config_dir
 
-    from conftest import REPO
     from lsvcr.pipelines.common import load_dataset
     from lsvcr.pipelines.finetune import build_recommender
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from lsvcr.data.errors import ConfigError, DataError
+from lsvcr.errors import ConfigError, DataError
 from lsvcr.data.recbole import kcore, parse_intervals, read_atomic, read_recbole, within
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"

@@ -17,7 +17,7 @@ from lsvcr.data.loader import SequenceBatches, TrainBatches
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.models.recommender import Recommender
 from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.models.sr.sasrec import SASRec

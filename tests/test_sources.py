@@ -1,14 +1,16 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.official import load_id_list, read_official
-from lsvcr.data.sources import ROW_COLUMN, _sources, read_kuaicomt, read_native, read_source
+from lsvcr.data.sources import ROW_COLUMN, read_kuaicomt, read_native
+from lsvcr.errors import ConfigError, DataError
 
 NATIVE = {
     "videos.csv": "video_id,title,category\n1,123,\n2,cats and dogs,pets\n",
@@ -373,9 +375,15 @@ def test_official_needs_sample_files(tmp_path):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_read_source_dispatches_and_rejects_unknown_kinds(tmp_path):
-    assert set(_sources()) == {"native", "kuaicomt", "official"}
-    raw = read_source("kuaicomt", write_files(tmp_path, KUAICOMT), video_signals=())
-    assert raw.source["kind"] == "kuaicomt" and raw.video_interactions.num_rows == 3
-    with pytest.raises(ConfigError, match="unknown data source 'movielens'; choose one of: native, kuaicomt, official"):
-        read_source("movielens", tmp_path)
+def test_every_data_config_names_a_reader_that_exists():
+    """``data.reader._target_`` of each ``conf/data/*.yaml`` is how a source is chosen (no dispatch
+    table): each must import, and each reader kind has a config."""
+    from hydra.utils import get_method
+
+    targets = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml")):
+        reader = (yaml.safe_load(path.read_text()).get("reader") or {}).get("_target_")
+        if reader is not None:
+            targets[path.stem] = reader
+            assert callable(get_method(reader)), path
+    assert {"native", "kuaicomt", "official", "recbole"} <= set(targets)

@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lsvcr.data.batch import HistoryBatch
+from lsvcr.data.batch import HistoryBatch, sorted_random_positions
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs
 from lsvcr.models.sr.layers import TransformerEncoder
-from lsvcr.models.sr.lsvcr import LSVCR, sorted_random_positions
+from lsvcr.models.sr.lsvcr import LSVCR
 
 V, C, E, D = 12, 30, 8, 8
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.synthetic import SyntheticConfig, WorldTruth, generate, topic_names
+from lsvcr.errors import ConfigError
 
 TINY = SyntheticConfig(num_users=300, num_videos=600, num_topics=8, seed=7)
 # the world without mechanisms (the planted base signal alone)

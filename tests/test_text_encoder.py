@@ -7,15 +7,9 @@ import copy
 import pytest
 import torch
 
+from lsvcr.data.tokens import encode_texts, pad_ids, tokenize_texts
 from lsvcr.models.llm.loader import TinyCausalLM
-from lsvcr.models.llm.text_encoder import (
-    LLMTextEncoder,
-    encode_texts,
-    length_buckets,
-    masked_mean,
-    pad_ids,
-    tokenize_texts,
-)
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, length_buckets, masked_mean
 
 TEXTS = ["今天天气真好[捂脸]", "hello world 😂", "哈哈哈哈[赞] great video, really a great one!!", "猫"]
 

@@ -3,10 +3,10 @@ import logging
 import pyarrow as pa
 import pytest
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import RawTables
 from lsvcr.data.sources import ROW_COLUMN, read_native
 from lsvcr.data.validate import REASONS, validate
+from lsvcr.errors import ConfigError, DataError
 
 
 def tables(**override):

@@ -36,13 +36,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from lsvcr.data.batch import HistoryBatch
-from lsvcr.data.errors import ConfigError, DataError
-from lsvcr.data.history import HistoryGatherer, _ragged_index
+from lsvcr.data.batch import HistoryBatch, sorted_random_positions
+from lsvcr.data.history import HistoryGatherer, ragged_index
 from lsvcr.data.prompts import PromptBuilder, PromptExample
 from lsvcr.data.store import PreparedDataset, SampleSet
-from lsvcr.models.llm.text_encoder import encode_texts
-from lsvcr.models.sr.lsvcr import sorted_random_positions
+from lsvcr.data.tokens import encode_texts
+from lsvcr.errors import ConfigError, DataError
 
 TASK_NAMES = ("rec", "comm_rank")  # task id = position
 TASK_IDS = {name: i for i, name in enumerate(TASK_NAMES)}
@@ -386,7 +385,7 @@ class AlignCollator:
         when too few; random comments of the whole dataset when there are none."""
         start = self.comment_ptr[videos]
         count = np.minimum(self.comment_ptr[videos + 1] - start, self.aug.popular_comments)
-        pos, owner = _ragged_index(start, count)
+        pos, owner = ragged_index(start, count)
         cand = self.video_comments[pos]
         width = self.ds.num_comments + 1
         unseen = ~np.isin(slots[owner] * width + cand, slot * width + comment)
@@ -395,7 +394,7 @@ class AlignCollator:
         cand = np.append(cand[order], 0)
         avail = np.bincount(owner, minlength=len(slots))
         first = np.cumsum(avail) - avail
-        k, draw_owner = _ragged_index(np.zeros(len(slots), np.int64), need)
+        k, draw_owner = ragged_index(np.zeros(len(slots), np.int64), need)
         has = avail[draw_owner] > 0
         pick = np.where(has, first[draw_owner] + k % np.maximum(avail[draw_owner], 1), len(cand) - 1)
         uniform = rng.random(FALLBACK, slots[draw_owner] // lc)

@@ -108,3 +108,14 @@ class SequenceBatch:
 
     def to(self, device) -> "SequenceBatch":
         return SequenceBatch(*(t.to(device, non_blocking=True) for t in (self.ids, self.labels, self.comments)))
+
+
+def sorted_random_positions(noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Robust position ids ``[B, L]`` (``v_position`` / ``c_position`` above, and the SR's own draw in
+    training): each sample's real items (``mask [B, L]``, right-padded) get a
+    sorted random subset of ``0..P-1``, drawn from ``noise [B, P]`` (uniforms); padding gets 0.
+
+    The subset has the sample's own length, so its draw does not depend on how wide the batch is.
+    """
+    perm = noise.argsort(dim=-1)[:, : mask.shape[1]].to(mask.device)
+    return torch.where(mask, torch.where(mask, perm, noise.shape[1]).sort(dim=-1).values, 0)

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import RawTables
 from lsvcr.data.samples import SplitConfig, build_samples
 from lsvcr.data.store import ARRAYS, write_manifest
+from lsvcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from lsvcr.data.batch import HistoryBatch
 from lsvcr.data.store import PreparedDataset, SampleSet
 
 
-def _ragged_index(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ragged_index(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions ``start[i] + k`` for ``k < length[i]`` and their row ids."""
     total = int(length.sum())
     rows = np.repeat(np.arange(len(start)), length)
@@ -69,7 +69,7 @@ class HistoryGatherer:
         length = end - start
         width = self.max_video_len if self.pad_to_max else max(int(length.max(initial=0)), 1)
         out = np.zeros((len(user), width), np.int64)
-        flat, rows = _ragged_index(start, length)
+        flat, rows = ragged_index(start, length)
         cols = flat - np.repeat(start, length)
         out[rows, cols] = self.ds.vi_video[flat]
         return out
@@ -84,7 +84,7 @@ class HistoryGatherer:
         kept = np.minimum(ngroups, self.max_comment_len)
         first_kept = ngroups - kept
         width = self.max_comment_len if self.pad_to_max else max(int(kept.max(initial=0)), 1)
-        flat, rows = _ragged_index(start, length)
+        flat, rows = ragged_index(start, length)
         group = ds.ci_group[flat].astype(np.int64)
         keep = group >= first_kept[rows]
         flat, rows, group = flat[keep], rows[keep], group[keep]

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from lsvcr.data.batch import CommRankBatch, RecBatch, SequenceBatch
-from lsvcr.data.errors import ConfigError
-from lsvcr.data.history import HistoryGatherer, _ragged_index, hot_comments
+from lsvcr.data.candidates import sample_video_candidates
+from lsvcr.data.history import HistoryGatherer, hot_comments, ragged_index
 from lsvcr.data.store import PreparedDataset, SampleSet
-from lsvcr.metrics.candidates import sample_video_candidates
+from lsvcr.errors import ConfigError
 
 
 def sample_comment_negatives(
@@ -35,7 +35,7 @@ def sample_comment_negatives(
     n_c = ds.num_comments + 1
     start = ds.video_comment_ptr[videos]
     length = ds.video_comment_ptr[videos + 1] - start
-    flat, row = _ragged_index(start, length)
+    flat, row = ragged_index(start, length)
     comment = np.asarray(ds.video_comments[flat], dtype=np.int64)
     is_pos = np.isin(row * n_c + comment, pos_keys, assume_unique=False)
     # random keys, positives last: the k smallest per row are a uniform sample of the negatives
@@ -159,9 +159,9 @@ class SequenceBatches:
         m = pre_len + sizes  # timeline length per user
         offset = np.cumsum(m) - m
         timeline = np.zeros(int(m.sum()), np.int64)
-        src, _ = _ragged_index(pre_end - pre_len, pre_len)
-        timeline[_ragged_index(offset, pre_len)[0]] = np.asarray(ds.vi_video)[src]
-        timeline[_ragged_index(offset + pre_len, sizes)[0]] = np.asarray(samples.target, np.int64)
+        src, _ = ragged_index(pre_end - pre_len, pre_len)
+        timeline[ragged_index(offset, pre_len)[0]] = np.asarray(ds.vi_video)[src]
+        timeline[ragged_index(offset + pre_len, sizes)[0]] = np.asarray(samples.target, np.int64)
         self.timeline = timeline
         self.hot_comment = hot_comments(ds)
         lo = np.maximum(pre_len, 1)  # first label with an input before it
@@ -197,7 +197,7 @@ class SequenceBatches:
         """The windows ``rows`` as a :class:`SequenceBatch`."""
         length = self.w_len[rows]
         width = max(int(length.max(initial=0)), 1)
-        flat, r = _ragged_index(self.w_start[rows], length)
+        flat, r = ragged_index(self.w_start[rows], length)
         col = flat - np.repeat(self.w_start[rows], length)
         ids = np.zeros((len(rows), width), np.int64)
         labels = np.zeros((len(rows), width), np.int64)

@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import DataError
-from lsvcr.data.official import Sequences, comment_rows, first_rows, json_lines
-from lsvcr.data.samples import _emit, _owner
+from lsvcr.data.official_samples import Sequences, comment_rows, first_rows, json_lines
+from lsvcr.data.samples import emit_samples, ptr_owner
 from lsvcr.data.store import SPLITS, TASKS, SampleSet
 from lsvcr.data.validate import FATAL_MIN_ROWS
+from lsvcr.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class OfficialSplits:
         a = world.arrays
         longest = max([0, *(max(f.n_videos + f.c_time, default=0) for f in self.files)])
         stride = int(max(a["vi_time"].max(initial=0), a["ci_time"].max(initial=0), longest)) + 2
-        keys = (_owner(a["vi_ptr"]) * stride + a["vi_time"], _owner(a["ci_ptr"]) * stride + a["ci_time"])
+        keys = (ptr_owner(a["vi_ptr"]) * stride + a["vi_time"], ptr_owner(a["ci_ptr"]) * stride + a["ci_time"])
         ids = (world.user_ids, raw.videos["video_id"].combine_chunks(), raw.comments["comment_id"].combine_chunks())
         parts: dict[str, list[tuple[int, SampleSet]]] = {task: [] for task in TASKS}
         for f in self.files:
@@ -194,7 +194,7 @@ class OfficialSplits:
             part = np.concatenate([np.full(len(s), code, np.int8) for code, s in sets])
             cols = dict(user=s.user, target=s.target, time=s.time, vi_end=s.vi_end, ci_end=s.ci_end)
             comm = task == "comm_rank"
-            _emit(task, cols, part, a, s.pos_ptr if comm else None, s.pos if comm else None, out, stats)
+            emit_samples(task, cols, part, a, s.pos_ptr if comm else None, s.pos if comm else None, out, stats)
         for k, v in stats.items():
             if v:
                 log.info("samples: %s = %d", k, v)

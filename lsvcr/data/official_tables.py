@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import ConfigError, DataError
+from lsvcr.data.table_files import write_tables_manifest
+from lsvcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ class OfficialTables:
         self.files, self.ids, self.dim = files, ids, dim
 
     def write(self, raw, root: Path) -> dict:
-        from lsvcr.models.llm.embed import write_embed_manifest  # the embed stage's format; imports torch
-
         out = root / IMPORTED_DIR
         out.mkdir(parents=True)
         prepared = {"video": raw.videos["video_id"], "comment": raw.comments["comment_id"]}
@@ -107,8 +106,8 @@ class OfficialTables:
             info[key] = {"file": str(self.files[key]), "rows": len(self.ids[key]) + 1, "kept": len(rows),
                          "reordered": not np.array_equal(rows, np.arange(1, len(rows) + 1))}
         names = f"{self.files['video'].name} + {self.files['comment'].name}"
-        write_embed_manifest(out, model_name=f"imported ({names})", checkpoint=None, max_length=0, tables=paths,
-                             extra={"imported": info, "out_dim": self.dim, "max_length": None})  # no tokenizer
+        write_tables_manifest(out, model_name=f"imported ({names})", checkpoint=None, max_length=0, tables=paths,
+                              extra={"imported": info, "out_dim": self.dim, "max_length": None})  # no tokenizer
         return {"dir": IMPORTED_DIR, "dim": self.dim, **info}
 
     def _copy(self, key: str, rows: np.ndarray, out: Path) -> None:

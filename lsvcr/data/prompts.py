@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lsvcr.models.llm.text_encoder import pad_ids
+from lsvcr.data.tokens import pad_ids
 
 TASK_FIELDS = {
     "rec": {"video_history", "comment_history"},

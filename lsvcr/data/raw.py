@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from lsvcr.data.errors import DataError
+from lsvcr.errors import DataError
 
 #: Required columns per table and the Arrow type family each must have.
 SCHEMA: dict[str, dict[str, str]] = {

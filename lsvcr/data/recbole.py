@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import RawTables
+from lsvcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

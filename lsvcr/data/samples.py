@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.store import SampleSet
+from lsvcr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class SplitConfig:
         return asdict(self)
 
 
-def _owner(ptr: np.ndarray) -> np.ndarray:
+def ptr_owner(ptr: np.ndarray) -> np.ndarray:
     """Row -> owner index (int32) for a CSR pointer ``[n+2]``."""
     return np.repeat(np.arange(len(ptr) - 1, dtype=np.int32), np.diff(ptr))
 
@@ -114,7 +114,7 @@ def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig, 
     """
     if history_ties not in HISTORY_TIES:
         raise ConfigError(f"data.history_ties={history_ties!r}: expected one of {', '.join(HISTORY_TIES)}")
-    vi_user, ci_user = _owner(a["vi_ptr"]), _owner(a["ci_ptr"])
+    vi_user, ci_user = ptr_owner(a["vi_ptr"]), ptr_owner(a["ci_ptr"])
     vi_key, ci_key = _time_keys(vi_user, a["vi_time"], ci_user, a["ci_time"])
     thresholds = None
     if split.method == "time":
@@ -129,11 +129,11 @@ def build_samples(a: dict[str, np.ndarray], num_users: int, split: SplitConfig, 
     )
     del vi_key
     part = _assign_split(*_groups(vi_user), a["vi_time"], split, thresholds)
-    del vi_user  # rec holds it; _emit drops each of rec's columns once split
+    del vi_user  # rec holds it; emit_samples drops each of rec's columns once split
     stats: dict[str, int] = {}
     out: dict[tuple[str, str], SampleSet] = {}
-    _emit("rec", rec, part, a, None, None, out, stats)
-    _emit("comm_rank", cr, _assign_split(*_groups(cr["user"]), cr["time"], split, thresholds), a, pos_ptr, pos,
+    emit_samples("rec", rec, part, a, None, None, out, stats)
+    emit_samples("comm_rank", cr, _assign_split(*_groups(cr["user"]), cr["time"], split, thresholds), a, pos_ptr, pos,
           out, stats)
     for k, v in stats.items():
         if v:
@@ -163,7 +163,7 @@ def _comm_rank_columns(a, ci_user, ci_key, vi_key, num_users):
     return cr, pos_ptr, p_comment.astype(np.int32)
 
 
-def _emit(task, cols, part, a, pos_ptr, pos, out, stats) -> None:
+def emit_samples(task, cols, part, a, pos_ptr, pos, out, stats) -> None:
     """Filter samples with no history at all (and, for comment-rank evaluation, with no negative
     comment to rank against) and store one SampleSet per split.
 

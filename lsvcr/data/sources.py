@@ -1,16 +1,16 @@
 """Readers: turn a directory of raw files into :class:`~lsvcr.data.raw.RawTables`.
 
-Three layouts are understood (``read_source(kind, root)``):
+Three layouts are understood, each a reader a ``data`` config names as its ``reader._target_``:
 
-- ``native``: our documented format. ``root`` holds ``videos``, ``comments``,
+- ``native`` (:func:`read_native`): our documented format. ``root`` holds ``videos``, ``comments``,
   ``video_interactions`` and ``comment_interactions``, each as ``<name>.csv`` or
   ``<name>.parquet`` (exactly one of the two), with the columns of :data:`~lsvcr.data.raw.SCHEMA`.
-- ``kuaicomt``: the public KuaiComt release (``user_video_inter.csv``, ``user_comment_inter.csv``,
+- ``kuaicomt`` (:func:`read_kuaicomt`): the public KuaiComt release (``user_video_inter.csv``, ``user_comment_inter.csv``,
   ``video_features.csv``, ``comment_features.csv``); columns are matched through :data:`KUAICOMT_ALIASES`.
-- ``official``: the files read by the official LSVCR code (``photo.json``, ``comment.json``,
+- ``official`` (:func:`lsvcr.data.official.read_official`): the files read by the official LSVCR code (``photo.json``, ``comment.json``,
   ``all_photos.pkl``, ``all_comments.pkl``, ``rec.{train,val,test}.json``). They carry no
   timestamps, so interactions are rebuilt with synthetic, order-preserving ones
-  (see :func:`read_official`).
+  (see that function).
 
 Readers keep rows in file order and do not judge values: :func:`lsvcr.data.validate.validate`
 does, and names the offending row. When a reader drops rows itself (KuaiComt's video-signal
@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import SCHEMA, RawTables
+from lsvcr.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _read_native_table(path: Path, columns: Sequence[str], notes: dict | None = 
 
 def read_native(root: str | Path) -> RawTables:
     """Read our native layout (module docstring); missing columns are left to validation."""
-    root = _existing_dir(root)
+    root = existing_dir(root)
     tables, origin, notes = {}, {}, {}
     for name, cols in SCHEMA.items():
         path = _native_file(root, name)
@@ -251,7 +251,7 @@ def read_native(root: str | Path) -> RawTables:
     return RawTables(**tables, origin=origin, source={"kind": "native", "root": str(root), "read_skips": notes})
 
 
-def _existing_dir(root: str | Path) -> Path:
+def existing_dir(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found")
@@ -383,7 +383,7 @@ def read_kuaicomt(root: str | Path, video_signals: Sequence[str] = ("long_view",
     ``video_id`` for validation to check against the comment's own video. Only the needed columns
     are read (the comment file is large).
     """
-    root = _existing_dir(root)
+    root = existing_dir(root)
     tables, origin, filtered, notes = {}, {}, {}, {}
     signals = {"video_interactions": tuple(video_signals), "comment_interactions": tuple(comment_signals)}
     for name, file in KUAICOMT_FILES.items():
@@ -399,20 +399,3 @@ def read_kuaicomt(root: str | Path, video_signals: Sequence[str] = ("long_view",
     source = {"kind": "kuaicomt", "root": str(root), "time_unit": "ms", "video_signals": list(video_signals),
               "comment_signals": list(comment_signals), "signal_filtered": filtered, "read_skips": notes}
     return RawTables(**tables, origin=origin, source=source)
-
-
-# ----------------------------------------------------------------------------- official LSVCR
-
-
-def _sources() -> dict[str, Callable[..., RawTables]]:
-    from lsvcr.data.official import read_official  # its module imports this one
-
-    return {"native": read_native, "kuaicomt": read_kuaicomt, "official": read_official}
-
-
-def read_source(kind: str, root: str | Path, **options) -> RawTables:
-    """Read ``root`` with the reader named ``kind``; ``options`` go to that reader."""
-    SOURCES = _sources()
-    if kind not in SOURCES:
-        raise ConfigError(f"unknown data source '{kind}'; choose one of: {', '.join(SOURCES)}")
-    return SOURCES[kind](root, **options)

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsvcr.data.errors import DataError
+from lsvcr.errors import DataError
 
 SCHEMA_VERSION = 1
 TASKS = ("rec", "comm_rank")

@@ -59,10 +59,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.raw import RawTables
 from lsvcr.data.world_text import STYLES, Pools, build_pools, compose, compose_titles, topic_names
 from lsvcr.data.world_views import FreshSampler, comment_interactions, fresh_views, sticky_views
+from lsvcr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

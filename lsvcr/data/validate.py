@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import ConfigError, DataError
 from lsvcr.data.raw import SCHEMA, RawTables
 from lsvcr.data.sources import ROW_COLUMN, csv_line
+from lsvcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

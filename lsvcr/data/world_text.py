@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.world_words import GENERIC_WORDS, STYLES, TITLE_STICKERS, TOPIC_ORDER, TOPIC_WORDS
+from lsvcr.errors import ConfigError
 
 TOPIC_NAMES = TOPIC_ORDER  # 美食 旅行 宠物 ... (the categories of the built-in topics)
 _ZH_CHARS = "山水花月星云风雨光影甜酸香脆暖冷红蓝金银龙虎猫狗鱼鸟茶酒米面歌舞书画车船城村海湖林田石玉火冰春秋晨夜"

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsvcr.losses.contrastive import _dist_active, _gather, batch_info_nce, behaviour_contrast, symmetric_info_nce
+from lsvcr.losses.contrastive import batch_info_nce, behaviour_contrast, gather_rows, multi_process, symmetric_info_nce
 from lsvcr.models.sr.lsvcr import SRReadouts
 
 REC, COMM_RANK = 0, 1
@@ -39,7 +39,7 @@ def global_mean(total: Tensor, count: int, group=None) -> Tensor:
 
     Every rank must call this (it all-reduces the count), also one with ``count == 0``.
     """
-    if not _dist_active(group):
+    if not multi_process(group):
         return total / max(count, 1)
     n = torch.tensor(float(count), device=total.device)
     dist.all_reduce(n, group=group)
@@ -85,7 +85,7 @@ def in_batch_top1(query: Tensor, keys: Tensor, group=None) -> Tensor:
     every rank (cosine): the in-batch retrieval accuracy an InfoNCE term trains. Ties count as misses,
     so collapsed (constant) representations score 0; chance is about 1 / (keys on all ranks). Same
     distributed convention as the losses (averaged over ranks it is the global share)."""
-    all_keys, offset, _ = _gather(keys.detach(), group)
+    all_keys, offset, _ = gather_rows(keys.detach(), group)
     scores = F.normalize(query.detach(), dim=-1) @ F.normalize(all_keys, dim=-1).T
     rows = torch.arange(query.shape[0], device=query.device)
     own = scores[rows, offset + rows]
@@ -101,7 +101,7 @@ def mean_pairwise_cosine(x: Tensor, group=None) -> Tensor:
     representation has collapsed to one direction; 0 for a batch of one. Every rank returns the
     value of the whole gathered batch (so averaged over ranks it is that value, and 2 ranks x m rows
     report what 1 process x 2m does, like the other diagnostics)."""
-    z = F.normalize(_gather(x.detach().float(), group)[0], dim=-1)
+    z = F.normalize(gather_rows(x.detach().float(), group)[0], dim=-1)
     n = z.shape[0]
     if n < 2:
         return z.new_zeros(())

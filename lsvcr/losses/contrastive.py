@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _dist_active(group=None) -> bool:
+def multi_process(group=None) -> bool:
+    """Whether a process group of more than one rank is running (so keys must be gathered)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
@@ -44,9 +45,10 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
-def _gather(x: Tensor, group=None) -> tuple[Tensor, int, int]:
-    """Returns (rows of all ranks in rank order, offset of the local rows, world size)."""
-    if not _dist_active(group):
+def gather_rows(x: Tensor, group=None) -> tuple[Tensor, int, int]:
+    """``(rows of all ranks in rank order, offset of the local rows, world size)``; the gathered rows
+    carry gradients back to the local shard (:func:`gather_with_grad`)."""
+    if not multi_process(group):
         return x, 0, 1
     size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
@@ -62,7 +64,7 @@ def gather_with_grad(x: Tensor, group=None) -> Tensor:
     Gradients flow back to the local shard (summed over every rank's use of it). Ranks may hold
     different numbers of rows. Identity when torch.distributed is not initialised or has one rank.
     """
-    return _gather(x, group)[0]
+    return gather_rows(x, group)[0]
 
 
 def info_nce(query: Tensor, keys: Tensor, positive_index: Tensor, temperature: float) -> Tensor:
@@ -141,7 +143,7 @@ def batch_info_nce(query: Tensor, keys: Tensor, temperature: float, group=None) 
     """One-way in-batch InfoNCE: local ``query [B, d]`` row i's positive is local ``keys[i]``;
     the negatives are the keys of every row on every rank (see the module's distributed
     convention for how the value is scaled)."""
-    all_keys, offset, world = _gather(keys, group)
+    all_keys, offset, world = gather_rows(keys, group)
     logits = F.normalize(query, dim=-1) @ F.normalize(all_keys, dim=-1).T / temperature
     target = offset + torch.arange(query.shape[0], device=query.device)
     terms = F.cross_entropy(logits, target, reduction="sum")

@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from lsvcr.data.batch import HistoryBatch
+from lsvcr.data.candidates import sample_comment_candidates, sample_video_candidates
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.store import PreparedDataset, SampleSet
-from lsvcr.metrics.candidates import sample_comment_candidates, sample_video_candidates
-from lsvcr.utils.loggers import is_rank_zero
 from lsvcr.metrics.ranking import RankingMetrics, ranks_multi, ranks_single
+from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from lsvcr.data.align_batch import AlignBatch
 from lsvcr.losses.align import alignment_losses, response_lm_loss
-from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, _unwrap, decoder_hidden_states
+from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, decoder_hidden_states, unwrap_peft
 from lsvcr.models.llm.text_table import PooledTextTable
 from lsvcr.models.sr.inputs import lookup_inputs
 from lsvcr.models.sr.layers import Dropout, init_weights
@@ -135,7 +135,7 @@ class AlignmentModel(nn.Module):
         super().__init__()
         self.sr_config = {k: v for k, v in dict(sr_config).items() if k not in ALIGN_SR_MODE}
         self.sr = LSVCR(**self.sr_config, **ALIGN_SR_MODE)
-        hidden = int(_unwrap(llm).config.hidden_size)
+        hidden = int(unwrap_peft(llm).config.hidden_size)
         _cheap_lora_dropout(llm)
         self.text_encoder = LLMTextEncoder(llm, out_dim=self.sr.adapter.in_features, hidden_size=hidden,
                                           bucket_tokens=text_bucket_tokens, standardize=standardize)
@@ -148,7 +148,7 @@ class AlignmentModel(nn.Module):
         self.llm_info = dict(llm_info or {})
         self.text_table = None if text_table_refresh is None else PooledTextTable(text_table_refresh)
         if gradient_checkpointing:
-            _enable_checkpointing(_unwrap(llm))
+            _enable_checkpointing(unwrap_peft(llm))
 
     @classmethod
     def from_bundle(cls, bundle: LLMBundle, sr_config: Mapping[str, Any], **kwargs) -> "AlignmentModel":
@@ -244,7 +244,7 @@ class AlignmentModel(nn.Module):
         if moments:
             return self.standardizer_moments(batch)
         hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)  # [B, T, H]
-        head = _unwrap(self.llm).get_output_embeddings()
+        head = unwrap_peft(self.llm).get_output_embeddings()
         if head is None:
             raise ValueError("this causal LM exposes no output embeddings (get_output_embeddings() is None)")
         lm_loss = response_lm_loss(hidden, batch.labels, head)

@@ -60,9 +60,9 @@ from lsvcr.data.align_batch import (
     AugmentConfig,
     SampleRandom,
 )
-from lsvcr.data.errors import ConfigError, checked_bool, checked_int
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.prompts import PromptBuilder
+from lsvcr.errors import ConfigError, checked_bool, checked_int
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.losses.warmup import LossWarmup
 from lsvcr.models.align import (
@@ -79,6 +79,7 @@ from lsvcr.pipelines.align_engine import (
     AccelerateEngine,
     DeepSpeedEngine,
     Engine,
+    Plan,
     build_engine,
     lora_lr_scale,
 )
@@ -128,22 +129,6 @@ def build_llm(cfg: DictConfig, ds) -> LLMBundle:
     spec = instantiate(cfg.model.llm)
     with distributed.rank_zero_first():  # rank 0 trains and saves the tiny tokenizer; the others reload it
         return spec.build(lambda: dataset_texts(ds), llm_workdir(cfg, ds))
-
-
-@dataclass
-class Plan:
-    """Batch arithmetic of a run; a resumed run must have the same ``samples_per_step``."""
-
-    micro_batch_size: int
-    grad_accum: int
-    world: int
-    samples: int
-    steps_per_epoch: int
-    total_steps: int
-
-    @property
-    def samples_per_step(self) -> int:
-        return self.micro_batch_size * self.grad_accum * self.world
 
 
 def _plan(cfg: DictConfig, samples: int, world: int) -> Plan:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -29,16 +29,29 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import get_scheduler
 
 from lsvcr import distributed
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines.common import write_json
 from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
 from lsvcr.utils.loggers import is_rank_zero
 
-if TYPE_CHECKING:
-    from lsvcr.pipelines.align import Plan
-
 log = logging.getLogger("lsvcr")
+
+
+@dataclass
+class Plan:
+    """Batch arithmetic of a run; a resumed run must have the same ``samples_per_step``."""
+
+    micro_batch_size: int
+    grad_accum: int
+    world: int
+    samples: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.world
 
 TRAINER_FILE, DS_DIR = "trainer.pt", "deepspeed"  # a checkpoint's optimizer state: Accelerate's file, DeepSpeed's dir
 

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from lsvcr.data.align_batch import AlignBatch, AlignCollator
-from lsvcr.data.errors import ConfigError, checked_bool, checked_int
+from lsvcr.errors import ConfigError, checked_bool, checked_int
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.pipelines.align_engine import Engine
 from lsvcr.utils.loggers import is_rank_zero

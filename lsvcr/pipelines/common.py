@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lsvcr.data.builder import write_dataset
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.distributed import rank_zero_first
+from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import EvalConfig
 from lsvcr.utils.loggers import is_rank_zero
 

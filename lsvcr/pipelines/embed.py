@@ -38,9 +38,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lsvcr import distributed
-from lsvcr.data.errors import ConfigError, DataError, checked_int
 from lsvcr.data.store import PreparedDataset
-from lsvcr.models.llm.embed import EMBED_MANIFEST, encode_table, load_embed_tables, merge_shards, write_embed_manifest
+from lsvcr.data.table_files import TABLES_MANIFEST, load_tables, merge_shards, write_tables_manifest
+from lsvcr.errors import ConfigError, DataError, checked_int
+from lsvcr.models.llm.table_encoder import encode_table
 from lsvcr.models.llm.text_encoder import DEFAULT_OUT_DIM, LLMTextEncoder
 from lsvcr.pipelines.common import load_dataset, run_dir, write_json
 
@@ -148,10 +149,10 @@ def _load_complete(out: Path, cfg: DictConfig, ds: PreparedDataset) -> tuple[dic
         ConfigError: ``embed.out_dir`` holds complete tables made with other settings or another
             dataset (overwriting a directory the user named is left to the user).
     """
-    if not (out / EMBED_MANIFEST).exists():
+    if not (out / TABLES_MANIFEST).exists():
         return None
     try:
-        manifest, arrays = load_embed_tables(out)
+        manifest, arrays = load_tables(out)
     except (DataError, json.JSONDecodeError, KeyError) as e:
         log.warning("text tables in %s are incomplete (%s): building them again", out, e)
         return None
@@ -208,7 +209,7 @@ def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarra
     if imported_tables(ds):
         _check_imported(cfg, imported_tables(ds))
         log.info("text tables: imported with the dataset, %s", out)
-        manifest, arrays = load_embed_tables(out)
+        manifest, arrays = load_tables(out)
         return arrays["video"], arrays["comment"], manifest, False
     rank, world = distributed.rank_and_world()
     with _build_lock(out, rank):
@@ -221,7 +222,7 @@ def _ensure(cfg: DictConfig, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarra
             _build_tables(cfg, ds, out, rank, world)
         else:
             log.info("text tables: reusing %s", out)
-    manifest, arrays = load_embed_tables(out)
+    manifest, arrays = load_tables(out)
     return arrays["video"], arrays["comment"], manifest, build[0]
 
 
@@ -274,7 +275,7 @@ def _load_encoder(cfg: DictConfig, ds: PreparedDataset):
 def _build_tables(cfg: DictConfig, ds: PreparedDataset, out: Path, rank: int, world: int) -> None:
     if rank == 0:
         # a stale manifest would vouch for a half-rewritten directory if this run stopped midway
-        (out / EMBED_MANIFEST).unlink(missing_ok=True)
+        (out / TABLES_MANIFEST).unlink(missing_ok=True)
     encoder, tokenizer, name, source = _load_encoder(cfg, ds)
     encoder.to(_device(cfg)).eval()
     t0 = time.perf_counter()
@@ -294,7 +295,7 @@ def _build_tables(cfg: DictConfig, ds: PreparedDataset, out: Path, rank: int, wo
             for path in paths.values():
                 merge_shards(path, world)
         seconds = time.perf_counter() - t0
-        write_embed_manifest(out, model_name=name, checkpoint=_init_from(cfg), max_length=int(cfg.embed.max_length),
+        write_tables_manifest(out, model_name=name, checkpoint=_init_from(cfg), max_length=int(cfg.embed.max_length),
                              tables=paths, extra={
                                  "source": source, "fingerprint": tables_fingerprint(cfg),
                                  "out_dim": encoder.out_dim, "hidden_size": encoder.hidden_size,

@@ -12,8 +12,8 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
+from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.finetune import checkpoint_meta, is_trainable, load_finetuned

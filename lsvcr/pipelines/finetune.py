@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from lsvcr import distributed
-from lsvcr.data.errors import ConfigError
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.loader import SequenceBatches, TrainBatches
+from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.models.recommender import Recommender
 from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json

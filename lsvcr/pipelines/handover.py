@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.models.align import (
     META_FILE,
     MODULES_FILE,

@@ -20,7 +20,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
+from lsvcr.utils.precision import PRECISIONS
 
 AUTO = "auto"
 
@@ -88,7 +89,7 @@ def fill_auto(config: dict, numbers: TrainingNumbers, prefix: str = "hardware.de
     Raises :class:`ConfigError` (naming ``prefix.<key>``) for an ``"auto"`` no number fills, and for
     an explicit value that disagrees with ``numbers`` (e.g. ``bf16.enabled: true`` with fp32).
     """
-    if numbers.precision not in ("fp32", "bf16", "fp16"):
+    if numbers.precision not in PRECISIONS:
         raise ConfigError(f"precision must be fp32, bf16 or fp16, got {numbers.precision!r}")
     out = copy.deepcopy(config)
     for path, parent, key in list(_leaves(out)):

@@ -37,7 +37,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from lsvcr.data.errors import ConfigError
+from lsvcr.errors import ConfigError
 from lsvcr.models.llm.tokenizer import BPETokenizerTrainer
 
 TextsFn = Callable[[], Iterable[str]]

@@ -2,7 +2,7 @@
 
 The same module serves the alignment stage (inside the training step, so gradients reach the LoRA
 weights through the SR) and the embedding stage (once per title and comment, under inference mode).
-Tokenisation goes through :func:`encode_texts` in both, so the two see identical token ids.
+Tokenisation goes through :func:`lsvcr.data.tokens.encode_texts` in both, so the two see identical token ids.
 
 An encoder-only model (BERT, all-MiniLM-L6-v2, loaded with ``AutoModel``) works the same way for
 ``stage=embed``: its last hidden state, mean-pooled over the attention mask, is exactly
@@ -16,46 +16,13 @@ depend on the padding side or on how much padding its batch needed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 DEFAULT_OUT_DIM = 256
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str | None], max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to ``max_length`` (the tokenizer's own special tokens included).
-
-    A text with no tokens (empty or ``None``) becomes the single EOS token: every item gets a
-    defined embedding, and an all-padding row (which would pool to 0/0) cannot occur.
-    """
-    ids = tokenizer([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    return [list(row) if len(row) else [eos] for row in ids]
-
-
-def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> dict[str, torch.Tensor]:
-    """Pad token-id lists into ``input_ids`` / ``attention_mask`` tensors, both ``[N, T]`` (T = longest)."""
-    width = max((len(row) for row in ids), default=0)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        if not len(row):
-            continue
-        cols = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, cols] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, cols] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def encode_texts(tokenizer, texts: Sequence[str | None], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenise and pad (on the tokenizer's ``padding_side``): ``input_ids``, ``attention_mask`` ``[N, T]``."""
-    ids = tokenize_texts(tokenizer, texts, max_length)
-    return pad_ids(ids, tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right"))
-
-
-def _unwrap(llm: nn.Module) -> nn.Module:
+def unwrap_peft(llm: nn.Module) -> nn.Module:
     """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(llm, "get_base_model", None)
     return get_base() if callable(get_base) else llm
@@ -69,7 +36,7 @@ def decoder_hidden_states(llm: nn.Module, input_ids: torch.Tensor, attention_mas
     (``cumsum(mask) - 1``), so left and right padding give the same states at real tokens.
     ChatGLM's decoder returns ``[T, N, H]``; it is transposed back.
     """
-    model = _unwrap(llm)
+    model = unwrap_peft(llm)
     decoder = model.base_model  # under a causal LM's head; a bare AutoModel is its own base model
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)

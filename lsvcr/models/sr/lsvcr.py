@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lsvcr.data.batch import sorted_random_positions
 from lsvcr.losses.contrastive import info_nce_indexed, sample_other_indices
 from lsvcr.models.sr.inputs import SRInputs
 from lsvcr.models.sr.layers import (
@@ -367,13 +368,3 @@ def _fit_rows(weight: Tensor, rows: int) -> Tensor:
         return weight[:rows].clone()
     extra = weight.mean(dim=0, keepdim=True).expand(rows - weight.shape[0], -1)
     return torch.cat([weight, extra])
-
-
-def sorted_random_positions(noise: Tensor, mask: Tensor) -> Tensor:
-    """Robust position ids ``[B, L]``: each sample's real items (``mask [B, L]``, right-padded) get a
-    sorted random subset of ``0..P-1``, drawn from ``noise [B, P]`` (uniforms); padding gets 0.
-
-    The subset has the sample's own length, so its draw does not depend on how wide the batch is.
-    """
-    perm = noise.argsort(dim=-1)[:, : mask.shape[1]].to(mask.device)
-    return torch.where(mask, torch.where(mask, perm, noise.shape[1]).sort(dim=-1).values, 0)
