@@ -21,7 +21,7 @@ printed too: on a machine shared with other jobs it moves far less than wall-clo
 with ``--threads 1`` it is what an idle core would deliver.
 
 Evaluation (``--eval-videos N``): users/s of full-ranking rec against an LSVCR model with ``N``
-videos (random title table, so ``score_videos`` and ``_all_videos`` do their real work), once
+videos (random title table, so ``score_videos`` and ``all_videos`` do their real work), once
 through the real ``Evaluator`` (``score_videos`` + ``ranks_single``) and once through the fused
 ``Recommender.rank_videos`` where the model has it, which must give the same metrics; plus the GFLOP/s of this machine's
 ``[*, 64] x [64, *]`` products, which bound full ranking at ``GFLOP/s / (2 * 64 * N)`` users/s.
@@ -97,8 +97,7 @@ def build_model(model: str, task: str, num_videos: int, num_comments: int):
         width = sr.adapter.in_features
         video = random_table(num_videos + 1, width, 1)
         comment = random_table(num_comments + 1, width, 2)
-    rec = Recommender(sr, video, comment, None, cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
-    return rec, cfg
+    return Recommender(sr, video, comment, None), cfg
 
 
 def _batches(ds, cfg, task: str):
@@ -124,8 +123,11 @@ def _batch_size(batch) -> int:
 
 def train_bench(ds, model_name: str, task: str, args) -> dict:
     """Samples/s over ``args.steps`` steps after ``args.warmup``; seconds per phase."""
+    from lsvcr.losses.recommend import FinetuneLoss
+
     model, cfg = build_model(model_name, task, ds.num_videos, ds.num_comments)
     model.train()
+    loss_fn = FinetuneLoss(cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
     o = cfg.optim
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
                             weight_decay=o.weight_decay, betas=tuple(o.betas))
@@ -139,7 +141,7 @@ def train_bench(ds, model_name: str, task: str, args) -> dict:
         t0 = time.perf_counter()
         batch = next(it).to("cpu")
         t1 = time.perf_counter()
-        out = model(batch, generator=generator)
+        out = model(batch, loss_fn, generator=generator)
         t2 = time.perf_counter()
         out["loss"].backward()
         t3 = time.perf_counter()
@@ -211,7 +213,7 @@ def eval_bench(ds, args) -> dict:
     model, cfg = build_model("lsvcr", "rec", n, ds.num_comments)
     model.eval()
     with torch.inference_mode():
-        table_s = _timed(model._all_videos)  # the projection of every title, once per evaluation
+        table_s = _timed(model.all_videos)  # the projection of every title, once per evaluation
     view = _WithVideos(ds, n)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     ecfg = EvalConfig(protocols=("full",), batch_size=cfg.eval.batch_size, progress=False)

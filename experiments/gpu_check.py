@@ -221,11 +221,12 @@ def build_recommender(num_videos: int, num_comments: int, device: torch.device, 
     with device:
         video, comment = torch.randn(num_videos + 1, 256), torch.randn(num_comments + 1, 256)
         video[0], comment[0] = 0, 0
-        return Recommender(LSVCR(num_videos=num_videos, llm_emb_size=256), video, comment, None, 0.1, 99)
+        return Recommender(LSVCR(num_videos=num_videos, llm_emb_size=256), video, comment, None)
 
 
 def finetune_check(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict:
     from lsvcr.data.batch import RecBatch
+    from lsvcr.losses.recommend import FinetuneLoss
 
     model = build_recommender(args.sr_videos, args.sr_comments, device, args.seed).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-5)
@@ -237,7 +238,7 @@ def finetune_check(args: argparse.Namespace, device: torch.device, bf16: bool) -
 
     def step() -> None:
         with _autocast(device, bf16):
-            out = model(batches[count[0] % len(batches)], generator=generator)
+            out = model(batches[count[0] % len(batches)], FinetuneLoss(0.1, 99), generator=generator)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -263,7 +264,7 @@ def ranking_check(args: argparse.Namespace, device: torch.device) -> dict:
     model = build_recommender(args.rank_videos, args.sr_comments, device, args.seed).eval()
     _sync(device)
     t0 = time.perf_counter()
-    model._all_videos()  # every video's representation, once per evaluation (cached in eval mode)
+    model.all_videos()  # every video's representation, once per evaluation (cached in eval mode)
     _sync(device)
     table_s = time.perf_counter() - t0
     g = torch.Generator().manual_seed(args.seed)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lsvcr.data.batch import HistoryBatch
+from lsvcr.losses.recommend import rec_loss_full, rec_loss_sampled
 from lsvcr.models.sr.inputs import lookup_inputs
 from lsvcr.models.sr.sasrec import SASRec
 
@@ -55,7 +56,7 @@ def test_reads_the_last_real_position_and_ignores_padding():
 def test_empty_history_has_no_nan():
     model = make_model().train()
     user = model.user_repr(lookup_inputs(history([[0, 0], [1, 0]], [2, 3]), None, None), "rec")
-    loss = model.rec_loss_full(user, model.video_table_repr(), torch.tensor([2, 3]))
+    loss = rec_loss_full(model, user, model.video_table_repr(), torch.tensor([2, 3]))
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -67,9 +68,8 @@ def test_comment_ranking_is_refused():
     with pytest.raises(ValueError, match="task=rec"):
         model.user_repr(inp, "comm_rank")
     with pytest.raises(ValueError, match="task=rec"):
-        model.comm_rank_loss(torch.zeros(1, D), torch.zeros(1, 3, D))
-    with pytest.raises(ValueError, match="id_text_loss_weight=0"):
-        model.id_text_loss(inp)
+        model.comment_repr(torch.zeros(1, 3, D))
+    assert not model.has_id_text  # so FinetuneLoss leaves the ID-text term out
 
 
 def test_losses_use_raw_dot_products():
@@ -77,8 +77,8 @@ def test_losses_use_raw_dot_products():
     user = torch.tensor([[2.0, 0.0]])
     table = torch.tensor([[5.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # pad row would win if not masked
     # logits [pad, 2, 0], target 2
-    assert model.rec_loss_full(user, table, torch.tensor([2])).item() == pytest.approx(math.log(1 + math.exp(2)), abs=1e-5)
-    loss = model.rec_loss_sampled(user, torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0]]]))
+    assert rec_loss_full(model, user, table, torch.tensor([2])).item() == pytest.approx(math.log(1 + math.exp(2)), abs=1e-5)
+    loss = rec_loss_sampled(model, user, torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0]]]))
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-5)  # [2, 0]
 
 
@@ -92,7 +92,7 @@ def test_training_learns_a_planted_successor_rule():
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
 
     def loss_fn():
-        return model.rec_loss_full(model.user_repr(inp, "rec"), model.video_table_repr(), batch.target)
+        return rec_loss_full(model, model.user_repr(inp, "rec"), model.video_table_repr(), batch.target)
 
     first = loss_fn().item()
     for _ in range(30):

@@ -18,6 +18,7 @@ from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.errors import ConfigError
+from lsvcr.losses.recommend import FinetuneLoss
 from lsvcr.models.recommender import Recommender
 from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.models.sr.sasrec import SASRec
@@ -93,17 +94,17 @@ def test_ranks_split_the_windows(video_only):
 
 def _sasrec(ds) -> Recommender:
     return Recommender(SASRec(ds.num_videos, hidden_size=16, num_heads=2, inner_size=32, dropout=0.0,
-                              attn_dropout=0.0, max_position=L), None, None, None, 0.0)
+                              attn_dropout=0.0, max_position=L), None, None, None)
 
 
-def _lsvcr(ds, id_text_weight: float = 0.0, dropout: float = 0.0) -> Recommender:
+def _lsvcr(ds, dropout: float = 0.0) -> Recommender:
     """LSVCR's video stream alone (as on a dataset without comments), positions from the oldest
     item, random text tables (the comment table is padding only: the world has no comments)."""
     g = torch.Generator().manual_seed(1)
     sr = LSVCR(ds.num_videos, llm_emb_size=12, hidden_size=16, num_heads=2, inner_size=32, dropout=dropout,
                attn_dropout=dropout, max_position=L, use_comment_history=False, position_align="start")
     return Recommender(sr, torch.randn(ds.num_videos + 1, 12, generator=g), torch.zeros(ds.num_comments + 1, 12),
-                       None, id_text_weight)
+                       None)
 
 
 @pytest.mark.parametrize("build", [_sasrec, _lsvcr], ids=["sasrec", "lsvcr"])
@@ -117,9 +118,9 @@ def test_sliding_by_one_is_sample_training(video_only, build):
     torch.manual_seed(0)
     model = build(ds).eval()
     sb = SequenceBatches(ds, samples, L, 1, batch_size=10_000, seed=0)
-    seq = model(sb.batch(np.arange(len(sb.w_start))))["loss"]
+    seq = model(sb.batch(np.arange(len(sb.w_start))), FinetuneLoss(0.0))["loss"]
     tb = TrainBatches(ds, samples, HistoryGatherer(ds, L, L), "rec", 10_000, -1, seed=0)
-    rec = model(next(iter(tb)))["loss"]
+    rec = model(next(iter(tb)), FinetuneLoss(0.0))["loss"]
     assert len(tb) == 1
     torch.testing.assert_close(seq, rec, rtol=1e-5, atol=1e-5)
 
@@ -129,7 +130,7 @@ def test_lsvcr_learns_on_sequences(video_only):
     and refusing a model whose prefixes are not the sequence's (comment stream, end positions)."""
     ds = video_only
     torch.manual_seed(0)
-    model = _lsvcr(ds, id_text_weight=0.1, dropout=0.1).train()
+    model = _lsvcr(ds, dropout=0.1).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sb = SequenceBatches(ds, ds.samples("rec", "train"), L, 4, batch_size=32, seed=0)
     means = []
@@ -137,7 +138,7 @@ def test_lsvcr_learns_on_sequences(video_only):
         sb.set_epoch(epoch)
         losses = []
         for batch in sb:
-            out = model(batch)
+            out = model(batch, FinetuneLoss(0.1))
             opt.zero_grad()
             out["loss"].backward()
             opt.step()

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lsvcr.data.batch import HistoryBatch, sorted_random_positions
+from lsvcr.losses.recommend import comm_rank_loss, id_text_loss, rec_loss_full, rec_loss_sampled
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs
 from lsvcr.models.sr.layers import TransformerEncoder
 from lsvcr.models.sr.lsvcr import LSVCR
@@ -228,16 +229,16 @@ def test_rec_and_comm_losses_hand_computed():
     model = make_model(temperature=0.5)
     user = torch.tensor([[1.0, 0.0]])
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # row 0 (pad) would win if not masked
-    loss = model.rec_loss_full(user, table, torch.tensor([1]))
+    loss = rec_loss_full(model, user, table, torch.tensor([1]))
     assert loss.item() == pytest.approx(math.log(1 + math.exp(2)), abs=1e-5)  # logits [pad, 0, 2]
-    loss = model.rec_loss_sampled(user, torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0], [-1.0, 0.0]]]))
+    loss = rec_loss_sampled(model, user, torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0], [-1.0, 0.0]]]))
     assert loss.item() == pytest.approx(math.log(1 + 1 / math.e**2 + 1 / math.e**4), abs=1e-5)  # [2, 0, -2]
     cands = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
     labels = torch.tensor([[True, False, False]])
     mask = torch.tensor([[True, True, False]])
     expected = math.log(1 + math.exp(2))  # [0, 2], third candidate padded
-    assert model.comm_rank_loss(user, cands, labels, mask).item() == pytest.approx(expected, abs=1e-5)
-    assert model.comm_rank_loss(user, cands, None, mask).item() == pytest.approx(expected, abs=1e-5)
+    assert comm_rank_loss(model, user, cands, labels, mask).item() == pytest.approx(expected, abs=1e-5)
+    assert comm_rank_loss(model, user, cands, None, mask).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_id_text_loss_dedups_and_uses_other_videos(inputs):
@@ -262,9 +263,9 @@ def test_id_text_loss_dedups_and_uses_other_videos(inputs):
         return F.softplus(neg - pos).mean()
 
     expected = (one_way(ids, txt) + one_way(txt, ids)) / 2
-    assert model.id_text_loss(inp).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert id_text_loss(model, inp).item() == pytest.approx(expected.item(), abs=1e-6)
     with pytest.raises(ValueError, match="ID embeddings"):
-        make_model(use_ids=False).id_text_loss(inp)
+        id_text_loss(make_model(use_ids=False), inp)
 
 
 def test_load_aligned_resizes_positions_and_adds_ids():
@@ -300,7 +301,7 @@ def test_training_reduces_loss_on_planted_problem():
 
     def loss_fn():
         user = model.user_repr(inp, "rec")
-        return model.rec_loss_full(user, model.video_table_repr(video), batch.target) + 0.1 * model.id_text_loss(inp)
+        return rec_loss_full(model, user, model.video_table_repr(video), batch.target) + 0.1 * id_text_loss(model, inp)
 
     first = loss_fn().item()
     for _ in range(25):

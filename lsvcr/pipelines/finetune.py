@@ -33,6 +33,7 @@ from lsvcr import distributed
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.loader import SequenceBatches, TrainBatches
 from lsvcr.errors import ConfigError
+from lsvcr.losses.recommend import FinetuneLoss
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.models.recommender import Recommender
 from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
@@ -81,7 +82,7 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
     elif video is not None and video.shape[1] != sr.adapter.in_features:
         raise ConfigError(f"text tables are {video.shape[1]} wide but model.sr.llm_emb_size={sr.adapter.in_features}; "
                           "a wider table needs the llm_emb_mlp of an alignment run (finetune.init_from)")
-    return Recommender(sr, video, comment, projection, cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
+    return Recommender(sr, video, comment, projection)
 
 
 TRAIN_ON = ("samples", "sequences")
@@ -232,14 +233,24 @@ def _monitor(cfg: DictConfig, val: dict) -> float:
     return float(val[protocol][metric])
 
 
-def _train_epoch(model, batches, opt, sched, accelerator, cfg, state: _State, logger) -> float:
+def _loss(cfg: DictConfig, sr) -> FinetuneLoss:
+    """The objective of ``finetune``: the task's loss, plus the ID-text contrast where ``sr`` has
+    both ID and text embeddings (``finetune.id_text_loss_weight`` is not applied otherwise)."""
+    f = cfg.finetune
+    if f.id_text_loss_weight and not sr.has_id_text:
+        log.info("finetune.id_text_loss_weight=%s not applied: model/sr=%s has no ID and text embeddings of a "
+                 "video to contrast", f.id_text_loss_weight, cfg.model.sr.name)
+    return FinetuneLoss(f.id_text_loss_weight, f.id_text_negatives)
+
+
+def _train_epoch(model, loss_fn: FinetuneLoss, batches, opt, sched, accelerator, cfg, state: _State, logger) -> float:
     model.train()
     # the ID-text negatives: per epoch and per rank (rank 0 draws what a one-process run draws)
     seed = cfg.seed * 1000 + state.epoch + _RANK_STRIDE * accelerator.process_index
     generator = torch.Generator(device=accelerator.device).manual_seed(seed)
     total, n = 0.0, 0
     for batch in tqdm(batches, desc=f"epoch {state.epoch}", disable=not is_rank_zero(), leave=False):
-        out = model(batch.to(accelerator.device), generator=generator)
+        out = model(batch.to(accelerator.device), loss_fn, generator=generator)
         accelerator.backward(out["loss"])
         if cfg.finetune.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.finetune.max_grad_norm)
@@ -269,6 +280,7 @@ def run(cfg: DictConfig) -> float:
     ds = load_dataset(cfg)
     task, f = cfg.task.name, cfg.finetune
     model = build_recommender(cfg, ds)
+    loss_fn = _loss(cfg, model.sr)
     accelerator = _accelerator(cfg)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     batches = _batches(cfg, ds, model, gatherer, accelerator)
@@ -293,7 +305,7 @@ def run(cfg: DictConfig) -> float:
         batches.set_epoch(state.epoch)
         # dropout: the same per epoch, resumed or not; independent masks on each rank
         torch.manual_seed(cfg.seed + state.epoch + _RANK_STRIDE * accelerator.process_index)
-        loss = _train_epoch(model, batches, opt, sched, accelerator, cfg, state, logger)
+        loss = _train_epoch(model, loss_fn, batches, opt, sched, accelerator, cfg, state, logger)
         core.eval()
         val = evaluator.evaluate(core, "val")  # sharded; metric sums all-reduced over the ranks
         score = _agreed(accelerator, _monitor(cfg, val))

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsvcr.losses.contrastive import multi_positive_ce
 from lsvcr.models.sr.inputs import SRInputs
 from lsvcr.models.sr.packing import Packing
 
@@ -269,7 +268,8 @@ class AdditivePooling(nn.Module):
 
 
 class SequentialRecommender(nn.Module):
-    """The interface every SR model answers (RecBole style), and the losses built on it.
+    """The interface every SR model answers (RecBole style); the losses built on it are
+    :mod:`lsvcr.losses.recommend`.
 
     Subclasses provide ``user_repr``, ``video_repr``, ``video_table_repr``, ``comment_repr`` and
     set ``temperature``; scores are ``user . candidate / temperature``.
@@ -282,6 +282,9 @@ class SequentialRecommender(nn.Module):
     #: sequence in one causal pass), so the model can train on whole sequences
     #: (``finetune.train_on=sequences``)
     trains_on_sequences: bool = False
+    #: whether the model has both ID and text embeddings of a video, so that the ID-text contrast
+    #: (:func:`lsvcr.losses.recommend.id_text_loss`, through ``id_text_pairs``) applies
+    has_id_text: bool = False
 
     def sequence_users(self, inputs: SRInputs) -> Tensor:
         """``[B, L, d]``: at position ``i`` of the right-padded video histories of ``inputs`` (no
@@ -296,29 +299,3 @@ class SequentialRecommender(nn.Module):
         if candidates.dim() == 2:
             return user @ candidates.T
         return torch.einsum("bd,bkd->bk", user, candidates)
-
-    def rec_loss_full(self, user: Tensor, table_repr: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy over every video: ``user [B, d]``, ``table_repr [V+1, d]`` (row 0 = pad,
-        never a candidate), ``target [B]`` video indices -> scalar."""
-        # the padding row is left out of the softmax rather than masked: masking copies and fills a
-        # [B, V+1] matrix forward and backward, a quarter of a SASRec step at MovieLens size
-        return F.cross_entropy(self.scores(user, table_repr[1:]), target - 1)
-
-    def rec_loss_sampled(self, user: Tensor, target_repr: Tensor, negative_repr: Tensor) -> Tensor:
-        """Cross-entropy over the target and K sampled negatives: ``user [B, d]``,
-        ``target_repr [B, d]``, ``negative_repr [B, K, d]`` -> scalar."""
-        candidates = torch.cat([target_repr.unsqueeze(1), negative_repr], dim=1)
-        logits = self.scores(user, candidates)
-        return F.cross_entropy(logits, torch.zeros_like(logits[:, 0], dtype=torch.long))
-
-    def comm_rank_loss(
-        self, user: Tensor, candidate_repr: Tensor, labels: Tensor | None = None, mask: Tensor | None = None
-    ) -> Tensor:
-        """Comment-ranking loss: ``user [B, d]``, ``candidate_repr [B, K, d]``; ``labels [B, K]``
-        bool (None = the positive is column 0, the rest negatives); ``mask [B, K]`` bool, False at
-        padded candidates. See :func:`multi_positive_ce`."""
-        logits = self.scores(user, candidate_repr)
-        if labels is None:
-            labels = torch.zeros_like(logits, dtype=torch.bool)
-            labels[:, 0] = True
-        return multi_positive_ce(logits, labels, mask)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lsvcr.data.batch import sorted_random_positions
-from lsvcr.losses.contrastive import info_nce_indexed, sample_other_indices
 from lsvcr.models.sr.inputs import SRInputs
 from lsvcr.models.sr.layers import (
     AdditivePooling,
@@ -303,11 +302,14 @@ class LSVCR(SequentialRecommender):
 
     # ---------------------------------------------------------------- fine-tuning extras
 
-    def id_text_loss(self, inputs: SRInputs, num_negatives: int = 99, generator: torch.Generator | None = None) -> Tensor:
-        """InfoNCE between ID embeddings and ``adapter(title)`` of the batch's unique history
-        videos (both streams), both directions; each video's negatives are other unique videos
-        of the batch (``min(num_negatives, U - 1)`` of them, never itself). Unweighted scalar."""
-        if not (self.use_ids and self.uses_text):
+    @property
+    def has_id_text(self) -> bool:
+        return self.use_ids and self.uses_text
+
+    def id_text_pairs(self, inputs: SRInputs) -> tuple[Tensor, Tensor] | None:
+        """``(ID embeddings [U, d], adapter(title) [U, d])`` of the batch's unique history videos
+        (both streams), for :func:`lsvcr.losses.recommend.id_text_loss`; None with fewer than two."""
+        if not self.has_id_text:
             raise ValueError("id_text_loss needs ID embeddings and text embeddings (use_ids=True, use_text=True)")
         # Flat positions of the real items (int gathers; the [B, L, E] text is only read at the U
         # first occurrences below, not copied per item).
@@ -315,19 +317,12 @@ class LSVCR(SequentialRecommender):
         ids = torch.cat([inputs.v_ids.reshape(-1)[v_pos], inputs.c_ids.reshape(-1)[c_pos]])
         unique, inverse = torch.unique(ids, return_inverse=True)
         if unique.numel() < 2:
-            return self.id_embedding.weight.sum() * 0.0
+            return None
         # A video's title embedding is the same at every position; take its first occurrence.
         order = torch.arange(ids.numel(), device=ids.device)
         first = torch.full_like(unique, ids.numel()).scatter_reduce(0, inverse, order, reduce="amin")
         titles = self._first_titles(inputs, first, v_pos, c_pos)  # [U, E]
-        id_emb = self.id_embedding(unique)  # [U, d]
-        text_emb = self.adapter(titles)  # [U, d]
-        n = unique.numel()
-        neg_text = sample_other_indices(n, num_negatives, ids.device, generator)
-        neg_id = sample_other_indices(n, num_negatives, ids.device, generator)
-        id_to_text = info_nce_indexed(id_emb, text_emb, neg_text, self.temperature)
-        text_to_id = info_nce_indexed(text_emb, id_emb, neg_id, self.temperature)
-        return (id_to_text + text_to_id) / 2
+        return self.id_embedding(unique), self.adapter(titles)  # [U, d] each
 
     @staticmethod
     def _first_titles(inputs: SRInputs, first: Tensor, v_pos: Tensor, c_pos: Tensor) -> Tensor:

@@ -89,9 +89,3 @@ class SASRec(SequentialRecommender):
 
     def comment_repr(self, comment_emb: Tensor) -> Tensor:
         raise _task_error("comm_rank")
-
-    def comm_rank_loss(self, user: Tensor, candidate_repr: Tensor, labels=None, mask=None) -> Tensor:
-        raise _task_error("comm_rank")
-
-    def id_text_loss(self, inputs: SRInputs, num_negatives: int = 99, generator=None) -> Tensor:
-        raise ValueError("SASRec has no text inputs; set id_text_loss_weight=0")
