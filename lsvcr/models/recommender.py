@@ -4,10 +4,10 @@ uses (``score_videos`` / ``score_comments``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-
-from collections.abc import Callable
 
 from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch, SequenceBatch
 from lsvcr.metrics.ranking import full_ranks
