@@ -234,11 +234,12 @@ def finetune_check(args: argparse.Namespace, device: torch.device, bf16: bool) -
     batches = [RecBatch(synthetic_history(g, args.sr_batch, args.sr_history, args.sr_videos, args.sr_comments)).to(device)
                for _ in range(4)]
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    loss_fn = FinetuneLoss(0.1, 99)  # the stage's defaults (finetune.id_text_loss_weight, id_text_negatives)
     count = [0]
 
     def step() -> None:
         with _autocast(device, bf16):
-            out = model(batches[count[0] % len(batches)], FinetuneLoss(0.1, 99), generator=generator)
+            out = model(batches[count[0] % len(batches)], loss_fn, generator=generator)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

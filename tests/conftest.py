@@ -29,6 +29,17 @@ def small_world(tmp_path_factory):
     return PreparedDataset(path), truth
 
 
+def load_experiment(name: str):
+    """``experiments/<name>.py`` as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def console_script() -> str:
     """The installed ``lsvcr`` command of the Python running the tests (what a user types)."""
     found = shutil.which("lsvcr", path=str(Path(sys.executable).parent))

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
-
-
-def load_experiment(name: str):
-    """``experiments/<name>.py`` as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import REPO, load_experiment
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,9 @@ modules import each other, even through a lazy import inside a function.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_experiment
 
 # The imports against the layering still left: the alignment model computes its own losses, and
 # the trained wrapper ranks every video itself. They go when the alignment losses run as the
@@ -28,11 +24,7 @@ KNOWN_VIOLATIONS = {
 
 @pytest.fixture(scope="module")
 def arch():
-    spec = importlib.util.spec_from_file_location("architecture", REPO / "experiments" / "architecture.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["architecture"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("architecture")
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,5 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def score_comments(self, history: HistoryBatch, candidates: Tensor) -> Tensor:
         """``[B, K]`` scores of candidate comments of the video being watched."""
-        if self.comment_table is None:
-            raise ValueError(f"{type(self.sr).__name__} cannot rank comments (it reads no comment text)")
-        user = self.sr.user_repr(self.inputs(history), "comm_rank")
-        return self.sr.scores(user, self.comments(candidates))
+        reps = self.comments(candidates)  # first: an SR without comment text fails with that message
+        return self.sr.scores(self.sr.user_repr(self.inputs(history), "comm_rank"), reps)
