@@ -41,8 +41,9 @@ LAYERS: dict[str, int] = {
     "models": 2,
     "losses": 3,
     "metrics": 4,
-    "pipelines": 5, "assets": 5,                         # the stages; the asset tool
-    "launch": 6, "main": 6, "rank": 6,                   # the command line and the launchers
+    "tasks": 5,                                          # the task objects: they pick batches, losses, rankings
+    "pipelines": 6, "assets": 6,                         # the stages; the asset tool
+    "launch": 7, "main": 7, "rank": 7,                   # the command line and the launchers
 }
 
 

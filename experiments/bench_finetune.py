@@ -100,13 +100,12 @@ def build_model(model: str, task: str, num_videos: int, num_comments: int):
     return Recommender(sr, video, comment, None), cfg
 
 
-def _batches(ds, cfg, task: str):
+def _batches(ds, cfg, model):
     from lsvcr.data.history import HistoryGatherer
-    from lsvcr.data.loader import TrainBatches
+    from lsvcr.tasks import TrainSpec, build_task
 
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
-    return TrainBatches(ds, ds.samples(task, "train"), gatherer, task, cfg.finetune.batch_size, cfg.task.neg_num,
-                        cfg.seed)
+    return build_task(cfg.task).train_batches(ds, gatherer, model.sr, TrainSpec(cfg.finetune.batch_size, cfg.seed))
 
 
 def _endless(batches):
@@ -124,15 +123,17 @@ def _batch_size(batch) -> int:
 def train_bench(ds, model_name: str, task: str, args) -> dict:
     """Samples/s over ``args.steps`` steps after ``args.warmup``; seconds per phase."""
     from lsvcr.losses.recommend import FinetuneLoss
+    from lsvcr.tasks import build_task
 
     model, cfg = build_model(model_name, task, ds.num_videos, ds.num_comments)
     model.train()
-    loss_fn = FinetuneLoss(cfg.finetune.id_text_loss_weight, cfg.finetune.id_text_negatives)
+    loss_fn = FinetuneLoss(build_task(cfg.task).task_loss(), cfg.finetune.id_text_loss_weight,
+                           cfg.finetune.id_text_negatives)
     o = cfg.optim
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
                             weight_decay=o.weight_decay, betas=tuple(o.betas))
     generator = torch.Generator().manual_seed(0)
-    it = _endless(_batches(ds, cfg, task))
+    it = _endless(_batches(ds, cfg, model))
     phases = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
     samples = 0
 
@@ -208,6 +209,7 @@ def eval_bench(ds, args) -> dict:
     from lsvcr.data.history import HistoryGatherer
     from lsvcr.metrics.evaluator import EvalConfig, Evaluator
     from lsvcr.metrics.ranking import RankingMetrics
+    from lsvcr.tasks import build_task
 
     n = args.eval_videos
     model, cfg = build_model("lsvcr", "rec", n, ds.num_comments)
@@ -217,7 +219,7 @@ def eval_bench(ds, args) -> dict:
     view = _WithVideos(ds, n)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
     ecfg = EvalConfig(protocols=("full",), batch_size=cfg.eval.batch_size, progress=False)
-    evaluator = Evaluator(view, gatherer, "rec", ecfg)
+    evaluator = Evaluator(view, gatherer, build_task(cfg.task), ecfg)
     samples = ds.samples("rec", args.eval_split)
     users = len(samples)
     reference = evaluator.evaluate(model, args.eval_split)["full"]  # also the warm-up

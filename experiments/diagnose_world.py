@@ -39,6 +39,7 @@ from lsvcr.data.synthetic import SyntheticConfig, WorldTruth, generate
 from lsvcr.metrics.evaluator import Evaluator
 from lsvcr.models.popularity import MostLiked, Popularity
 from lsvcr.pipelines.common import eval_config, load_dataset
+from lsvcr.tasks import task_named
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "experiments" / "compare"  # compare_finetune.py's world and tables
@@ -216,7 +217,7 @@ def main() -> None:
     results = {}
     for split in args.splits:
         for task, named in _scorers(ds, truth, split, cfg.eval.cold_max_train_interactions).items():
-            ev = Evaluator(ds, gatherer, task, ecfg)
+            ev = Evaluator(ds, gatherer, task_named(task), ecfg)
             for name, scorer in named.items():
                 r = ev.evaluate(scorer, split)
                 results[f"{task}/{split}/{name}"] = r

@@ -226,7 +226,7 @@ def build_recommender(num_videos: int, num_comments: int, device: torch.device, 
 
 def finetune_check(args: argparse.Namespace, device: torch.device, bf16: bool) -> dict:
     from lsvcr.data.batch import RecBatch
-    from lsvcr.losses.recommend import FinetuneLoss
+    from lsvcr.losses.recommend import FinetuneLoss, rec_task_loss
 
     model = build_recommender(args.sr_videos, args.sr_comments, device, args.seed).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-5)
@@ -234,7 +234,7 @@ def finetune_check(args: argparse.Namespace, device: torch.device, bf16: bool) -
     batches = [RecBatch(synthetic_history(g, args.sr_batch, args.sr_history, args.sr_videos, args.sr_comments)).to(device)
                for _ in range(4)]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    loss_fn = FinetuneLoss(0.1, 99)  # the stage's defaults (finetune.id_text_loss_weight, id_text_negatives)
+    loss_fn = FinetuneLoss(rec_task_loss, 0.1, 99)  # the stage's defaults (finetune.id_text_loss_weight, id_text_negatives)
     count = [0]
 
     def step() -> None:
@@ -257,9 +257,7 @@ def ranking_check(args: argparse.Namespace, device: torch.device) -> dict:
     """Users/s of the evaluator's full-ranking rec path (score every video, pessimistic rank of the
     target; rows chunked so one chunk holds at most ``2**25`` scores), and of the same with the
     whole batch in one chunk."""
-    from types import SimpleNamespace
-
-    from lsvcr.metrics.evaluator import EvalConfig, Evaluator
+    from lsvcr.metrics.evaluator import VideoRanking
     from lsvcr.metrics.ranking import ranks_single
 
     model = build_recommender(args.rank_videos, args.sr_comments, device, args.seed).eval()
@@ -271,8 +269,7 @@ def ranking_check(args: argparse.Namespace, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     histories = [synthetic_history(g, args.rank_batch, args.sr_history, args.rank_videos, args.sr_comments).to(device)
                  for _ in range(2)]
-    # the evaluator's own ranking of one batch; it reads only the dataset's video count
-    evaluator = Evaluator(SimpleNamespace(num_videos=args.rank_videos), None, "rec", EvalConfig(), device)
+    ranking = VideoRanking()  # the evaluator's own full ranking of one batch
     batches = max(1, args.rank_users // args.rank_batch)
     out = {"videos": args.rank_videos, "video_table_s": table_s}
     for label, chunk in (("evaluator_chunks", None), ("one_chunk", args.rank_batch)):
@@ -281,7 +278,7 @@ def ranking_check(args: argparse.Namespace, device: torch.device) -> dict:
         def batch() -> None:
             h = histories[count[0] % 2]
             if chunk is None:
-                evaluator._rec_ranks(model, h, None)
+                ranking.ranks(model, h, None, None, args.rank_videos, device)
             else:
                 scores = model.score_videos(h, None).float()
                 valid = torch.ones_like(scores, dtype=torch.bool)

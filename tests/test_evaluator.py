@@ -11,6 +11,7 @@ from lsvcr.data.history import HistoryGatherer
 from lsvcr.metrics.evaluator import EvalConfig, Evaluator
 from lsvcr.models.popularity import MostLiked, Popularity
 from lsvcr.models.random import RandomScorer
+from lsvcr.tasks import task_named
 
 
 class Oracle:
@@ -44,7 +45,7 @@ class Oracle:
 
 
 def _evaluate(ds, scorer, task, batch_size=256):
-    ev = Evaluator(ds, HistoryGatherer(ds, 50, 50), task, EvalConfig(batch_size=batch_size, progress=False))
+    ev = Evaluator(ds, HistoryGatherer(ds, 50, 50), task_named(task), EvalConfig(batch_size=batch_size, progress=False))
     return ev.evaluate(scorer.fit(ds), "test")
 
 
@@ -121,7 +122,7 @@ def test_cold_and_warm_slices(small_world, cut):
     test = np.asarray(ds.samples("rec", "test").target)
     n_cold = int((counts[test] <= cut).sum())
     assert 0 < n_cold < len(test)  # both slices have samples in this world
-    ev = Evaluator(ds, HistoryGatherer(ds, 50, 50), "rec",
+    ev = Evaluator(ds, HistoryGatherer(ds, 50, 50), task_named("rec"),
                    EvalConfig(batch_size=64, progress=False, cold_max_train_interactions=cut))
     res = ev.evaluate(_ColdFirst(counts, cut), "test")
     assert set(res) == {"sampled", "full", "sampled/cold", "sampled/warm", "full/cold", "full/warm"}
@@ -131,6 +132,6 @@ def test_cold_and_warm_slices(small_world, cut):
         assert cold["ndcg@10"] == 1.0 and cold["recall@1"] == 1.0 and cold["mrr@5"] == 1.0
         assert warm["recall@10"] == 0.0 and warm["ndcg@10"] == 0.0
         assert every["recall@1"] == pytest.approx(n_cold / len(test))
-    off = Evaluator(ds, HistoryGatherer(ds, 50, 50), "rec",
+    off = Evaluator(ds, HistoryGatherer(ds, 50, 50), task_named("rec"),
                     EvalConfig(progress=False, cold_max_train_interactions=None)).evaluate(_ColdFirst(counts, cut), "test")
     assert set(off) == {"sampled", "full"} and off["full"] == res["full"]

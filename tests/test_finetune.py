@@ -88,6 +88,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     from conftest import REPO
     from lsvcr.pipelines.common import load_dataset
     from lsvcr.pipelines.finetune import build_recommender
+    from lsvcr.tasks import build_task
 
     common = ["stage=finetune", "task=rec", "model/sr=sasrec", *FAST, "finetune.eval_initial=false",
               "model.sr.dropout=0.0", "model.sr.attn_dropout=0.0"]
@@ -109,13 +110,13 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*common, f"paths.output_dir={tmp_path / 'a'}", "paths.run_dir=/unused"])
     ds = load_dataset(cfg)
-    model = build_recommender(cfg, ds).eval()
+    model = build_recommender(cfg, ds, build_task(cfg.task)).eval()
     model.load_state_dict(load_file(full / "best" / "model.safetensors"))
     from lsvcr.data.history import HistoryGatherer
 
     h = HistoryGatherer(ds, 50, 50)(ds.samples("rec", "test"), np.arange(8))
     s1 = model.score_videos(h, None)
-    model2 = build_recommender(cfg, ds).eval()
+    model2 = build_recommender(cfg, ds, build_task(cfg.task)).eval()
     assert not torch.allclose(model2.score_videos(h, None), s1)
     model2.load_state_dict(load_file(full / "best" / "model.safetensors"))
     assert torch.equal(model2.score_videos(h, None), s1)

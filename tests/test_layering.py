@@ -1,4 +1,4 @@
-"""The package's layering, read from its imports: data -> models -> losses -> metrics -> pipelines.
+"""The package's layering, read from its imports: data -> models -> losses -> metrics -> tasks -> pipelines.
 
 A module may import its own layer and the ones below it (``experiments/architecture.py``'s
 ``LAYERS``, which also places ``lsvcr.errors``, ``lsvcr.utils``, ``lsvcr.distributed`` under

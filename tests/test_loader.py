@@ -6,11 +6,12 @@ import numpy as np
 
 from lsvcr.data.batch import CommRankBatch, RecBatch
 from lsvcr.data.history import HistoryGatherer
-from lsvcr.data.loader import TrainBatches, sample_comment_negatives
+from lsvcr.data.loader import CommRankBatches, RecBatches, sample_comment_negatives
 
 
 def _batches(ds, task, neg_num, **kw):
-    return TrainBatches(ds, ds.samples(task, "train"), HistoryGatherer(ds, 50, 50), task, 64, neg_num, seed=3, **kw)
+    kind = {"rec": RecBatches, "comm_rank": CommRankBatches}[task]
+    return kind(ds, ds.samples(task, "train"), HistoryGatherer(ds, 50, 50), 64, neg_num, seed=3, **kw)
 
 
 def test_comm_negatives_are_same_video_non_positives(small_world):

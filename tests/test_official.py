@@ -410,11 +410,12 @@ def test_finetune_and_evaluate_read_the_imported_tables_without_an_embed_stage(t
 
     from lsvcr.pipelines.common import load_dataset
     from lsvcr.pipelines.finetune import build_recommender
+    from lsvcr.tasks import build_task
 
     overrides = [*fit, *args, f"paths.output_dir={tmp_path}", "paths.run_dir=/unused"]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     ds = load_dataset(cfg)
     assert ds.root == ds_dir
-    model = build_recommender(cfg, ds)
+    model = build_recommender(cfg, ds, build_task(cfg.task))
     _assert_tables_are_the_files_rows(ds, root, model.video_table.numpy(), model.comment_table.numpy())

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from lsvcr.data.batch import HistoryBatch
+from lsvcr.errors import ConfigError
 from lsvcr.losses.recommend import rec_loss_full, rec_loss_sampled
 from lsvcr.models.sr.inputs import lookup_inputs
 from lsvcr.models.sr.sasrec import SASRec
+from lsvcr.tasks import task_named
 
 V, D = 10, 8
 
@@ -38,24 +40,24 @@ def test_defaults_and_shapes():
     model = make_model()
     inp = lookup_inputs(history([[1, 2, 3], [4, 0, 0]], [5, 6]), None, None)
     assert inp.v_title is None
-    assert model.user_repr(inp, "rec").shape == (2, D)
+    assert model.video_user(inp).shape == (2, D)
     assert model.video_table_repr() is model.item_embedding.weight
     assert torch.equal(model.video_repr(torch.tensor([2])), model.item_embedding.weight[[2]])
 
 
 def test_reads_the_last_real_position_and_ignores_padding():
     model = make_model()
-    short = model.user_repr(lookup_inputs(history([[1, 2, 0, 0]], [5]), None, None), "rec")
+    short = model.video_user(lookup_inputs(history([[1, 2, 0, 0]], [5]), None, None))
     # the state at position 1 of the longer sequence equals the short one's read-out (causal)
-    longer = model.user_repr(lookup_inputs(history([[1, 2, 0, 0, 0, 0]], [5]), None, None), "rec")
+    longer = model.video_user(lookup_inputs(history([[1, 2, 0, 0, 0, 0]], [5]), None, None))
     assert torch.allclose(short, longer, atol=1e-6)
-    extended = model.user_repr(lookup_inputs(history([[1, 2, 3, 0]], [5]), None, None), "rec")
+    extended = model.video_user(lookup_inputs(history([[1, 2, 3, 0]], [5]), None, None))
     assert not torch.allclose(short, extended, atol=1e-4)
 
 
 def test_empty_history_has_no_nan():
     model = make_model().train()
-    user = model.user_repr(lookup_inputs(history([[0, 0], [1, 0]], [2, 3]), None, None), "rec")
+    user = model.video_user(lookup_inputs(history([[0, 0], [1, 0]], [2, 3]), None, None))
     loss = rec_loss_full(model, user, model.video_table_repr(), torch.tensor([2, 3]))
     loss.backward()
     assert torch.isfinite(loss)
@@ -64,9 +66,8 @@ def test_empty_history_has_no_nan():
 
 def test_comment_ranking_is_refused():
     model = make_model()
-    inp = lookup_inputs(history([[1, 2]], [3]), None, None)
-    with pytest.raises(ValueError, match="task=rec"):
-        model.user_repr(inp, "comm_rank")
+    with pytest.raises(ConfigError, match="task=rec"):
+        task_named("comm_rank").check_sr(model, "sasrec")
     with pytest.raises(ValueError, match="task=rec"):
         model.comment_repr(torch.zeros(1, 3, D))
     assert not model.has_id_text  # so FinetuneLoss leaves the ID-text term out
@@ -92,7 +93,7 @@ def test_training_learns_a_planted_successor_rule():
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
 
     def loss_fn():
-        return rec_loss_full(model, model.user_repr(inp, "rec"), model.video_table_repr(), batch.target)
+        return rec_loss_full(model, model.video_user(inp), model.video_table_repr(), batch.target)
 
     first = loss_fn().item()
     for _ in range(30):
@@ -102,5 +103,5 @@ def test_training_learns_a_planted_successor_rule():
         opt.step()
     assert loss.item() < 0.3 * first, (first, loss.item())
     model.eval()
-    logits = model.scores(model.user_repr(inp, "rec"), model.video_table_repr())
+    logits = model.scores(model.video_user(inp), model.video_table_repr())
     assert (logits[:, 1:].argmax(-1) + 1 == batch.target).float().mean() > 0.8

@@ -13,12 +13,12 @@ import torch
 from conftest import TINY, run_cli
 from lsvcr.data.builder import write_dataset
 from lsvcr.data.history import HistoryGatherer
-from lsvcr.data.loader import SequenceBatches, TrainBatches
+from lsvcr.data.loader import RecBatches, SequenceBatches
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.errors import ConfigError
-from lsvcr.losses.recommend import FinetuneLoss
+from lsvcr.losses.recommend import FinetuneLoss, rec_task_loss, sequence_task_loss
 from lsvcr.models.recommender import Recommender
 from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.models.sr.sasrec import SASRec
@@ -118,9 +118,9 @@ def test_sliding_by_one_is_sample_training(video_only, build):
     torch.manual_seed(0)
     model = build(ds).eval()
     sb = SequenceBatches(ds, samples, L, 1, batch_size=10_000, seed=0)
-    seq = model(sb.batch(np.arange(len(sb.w_start))), FinetuneLoss(0.0))["loss"]
-    tb = TrainBatches(ds, samples, HistoryGatherer(ds, L, L), "rec", 10_000, -1, seed=0)
-    rec = model(next(iter(tb)), FinetuneLoss(0.0))["loss"]
+    seq = model(sb.batch(np.arange(len(sb.w_start))), FinetuneLoss(sequence_task_loss, 0.0))["loss"]
+    tb = RecBatches(ds, samples, HistoryGatherer(ds, L, L), 10_000, -1, seed=0)
+    rec = model(next(iter(tb)), FinetuneLoss(rec_task_loss, 0.0))["loss"]
     assert len(tb) == 1
     torch.testing.assert_close(seq, rec, rtol=1e-5, atol=1e-5)
 
@@ -138,7 +138,7 @@ def test_lsvcr_learns_on_sequences(video_only):
         sb.set_epoch(epoch)
         losses = []
         for batch in sb:
-            out = model(batch, FinetuneLoss(0.1))
+            out = model(batch, FinetuneLoss(sequence_task_loss, 0.1))
             opt.zero_grad()
             out["loss"].backward()
             opt.step()

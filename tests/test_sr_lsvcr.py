@@ -7,10 +7,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lsvcr.data.batch import HistoryBatch, sorted_random_positions
+from lsvcr.errors import ConfigError
 from lsvcr.losses.recommend import comm_rank_loss, id_text_loss, rec_loss_full, rec_loss_sampled
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs
 from lsvcr.models.sr.layers import TransformerEncoder
 from lsvcr.models.sr.lsvcr import LSVCR
+from lsvcr.tasks import task_named
 
 V, C, E, D = 12, 30, 8, 8
 
@@ -51,7 +53,7 @@ def inputs() -> SRInputs:
 
 def all_outputs(model: LSVCR, inp: SRInputs) -> list[torch.Tensor]:
     r = model.readouts(inp)
-    outs = [model.user_repr(inp, "rec"), model.user_repr(inp, "comm_rank"), r.video_pool, r.video_query]
+    outs = [model.video_user(inp), model.comment_user(inp), r.video_pool, r.video_query]
     return outs + [x for x in (r.comment_pool, r.comment_query) if x is not None]
 
 
@@ -82,16 +84,16 @@ def test_lookup_inputs_projects_each_comment_before_the_mean():
 
 def test_forward_shapes_and_norms(inputs):
     model = make_model()
-    for task in ("rec", "comm_rank"):
-        u = model.user_repr(inputs, task)
+    for u in (model.video_user(inputs), model.comment_user(inputs)):
         assert u.shape == (2, D)
         assert torch.allclose(u.norm(dim=-1), torch.ones(2), atol=1e-5)
     r = model.readouts(inputs)
     for x in (r.video_pool, r.video_query, r.comment_pool, r.comment_query):
         assert x.shape == (2, D)
     assert model.video_table_repr(tables()[0]).shape == (V + 1, D)
-    with pytest.raises(ValueError, match="unknown task"):
-        model.user_repr(inputs, "nope")
+    assert model.tasks == ("rec", "comm_rank")
+    with pytest.raises(ConfigError, match="cannot do task=comm_rank"):  # an LSVCR without text: rec only
+        task_named("comm_rank").check_sr(make_model(use_ids=True, use_text=False), "lsvcr")
 
 
 def test_gate_init_one_and_candidate_formulas(inputs):
@@ -167,7 +169,7 @@ def test_empty_comment_history_has_no_nan(lc):
     inp = lookup_inputs(batch, video, comment)
     r = model.readouts(inp)
     loss = sum(x.sum() for x in (r.video_pool, r.video_query, r.comment_pool, r.comment_query))
-    loss = loss + model.user_repr(inp, "comm_rank").sum() + model.user_repr(inp, "rec").sum()
+    loss = loss + model.comment_user(inp).sum() + model.video_user(inp).sum()
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -200,10 +202,10 @@ def test_without_comment_history(inputs):
     assert not hasattr(model, "comment_encoder") and not hasattr(model, "video_mix")
     r = model.readouts(inputs)
     assert r.comment_pool is None and r.comment_query is None
-    assert torch.allclose(model.user_repr(inputs, "comm_rank"), F.normalize(r.video_query, dim=-1))
+    assert torch.allclose(model.comment_user(inputs), F.normalize(r.video_query, dim=-1))
     # the comment history is ignored entirely
     other = replace(inputs, c_title=torch.randn_like(inputs.c_title))
-    assert torch.allclose(model.user_repr(other, "rec"), model.user_repr(inputs, "rec"))
+    assert torch.allclose(model.video_user(other), model.video_user(inputs))
 
 
 def test_without_text_reads_only_ids():
@@ -211,12 +213,12 @@ def test_without_text_reads_only_ids():
     assert not model.uses_text and not hasattr(model, "adapter")
     ids_only = lookup_inputs(make_batch(), None, None)  # no tables, as the Recommender passes them
     with_text = lookup_inputs(make_batch(), *tables())
-    user = model.user_repr(ids_only, "rec")
+    user = model.video_user(ids_only)
     assert user.shape == (2, D) and torch.isfinite(user).all()
-    assert torch.equal(user, model.user_repr(with_text, "rec"))  # any text is ignored
+    assert torch.equal(user, model.video_user(with_text))  # any text is ignored
     # other history videos change the representation: it does read the ids
     other = replace(ids_only, v_ids=torch.where(ids_only.v_mask, 11 - ids_only.v_ids, 0))
-    assert not torch.allclose(model.user_repr(other, "rec"), user)
+    assert not torch.allclose(model.video_user(other), user)
     table = model.video_table_repr(None)
     assert torch.allclose(table, F.normalize(model.id_embedding.weight, dim=-1))
     with pytest.raises(ValueError, match="cannot rank comments"):
@@ -300,7 +302,7 @@ def test_training_reduces_loss_on_planted_problem():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def loss_fn():
-        user = model.user_repr(inp, "rec")
+        user = model.video_user(inp)
         return rec_loss_full(model, user, model.video_table_repr(video), batch.target) + 0.1 * id_text_loss(model, inp)
 
     first = loss_fn().item()

@@ -39,11 +39,11 @@ from torch.utils.data import Dataset, get_worker_info
 from lsvcr.data.batch import HistoryBatch, sorted_random_positions
 from lsvcr.data.history import HistoryGatherer, ragged_index
 from lsvcr.data.prompts import PromptBuilder, PromptExample
-from lsvcr.data.store import PreparedDataset, SampleSet
+from lsvcr.data.store import TASKS, PreparedDataset, SampleSet
 from lsvcr.data.tokens import encode_texts
 from lsvcr.errors import ConfigError, DataError
 
-TASK_NAMES = ("rec", "comm_rank")  # task id = position
+TASK_NAMES = TASKS  # a batch row's task id = the position of its sample set's name
 TASK_IDS = {name: i for i, name in enumerate(TASK_NAMES)}
 # one random stream per kind of draw (SampleRandom): a draw of one kind never shifts another's
 (HOT, HOT_AUG_SAMPLE, HOT_AUG_ITEM, HOT_SHIFT, KEEP, AUG_SAMPLE, AUG_ITEM, POPULAR, FALLBACK, DEAL, RESPONSE,

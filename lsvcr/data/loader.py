@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lsvcr.data.batch import CommRankBatch, RecBatch, SequenceBatch
+from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch, SequenceBatch
 from lsvcr.data.candidates import sample_video_candidates
 from lsvcr.data.history import HistoryGatherer, hot_comments, ragged_index
 from lsvcr.data.store import PreparedDataset, SampleSet
@@ -58,24 +58,18 @@ def sample_comment_negatives(
     return out
 
 
-class TrainBatches:
-    """Iterates the training batches of one epoch for ``task`` (call :meth:`set_epoch` first).
+class SampleBatches:
+    """Iterates the training batches of one epoch, one sample per row (call :meth:`set_epoch`
+    first); :class:`RecBatches` and :class:`CommRankBatches` say what a batch holds.
 
     Args:
         rank, world: this process's share: each rank takes every ``world``-th sample of the
             epoch's permutation, truncated so all ranks run the same number of steps.
-        neg_num: rec: ``-1`` = softmax over all videos (no candidates), else that many sampled
-            negatives per sample; comm_rank: negatives per positive (one positive per sample,
-            drawn each epoch among the sample's positives).
     """
 
-    def __init__(self, ds: PreparedDataset, samples: SampleSet, gatherer: HistoryGatherer, task: str,
-                 batch_size: int, neg_num: int, seed: int, rank: int = 0, world: int = 1):
-        if task not in ("rec", "comm_rank"):
-            raise ValueError(f"task must be rec or comm_rank, got {task!r}")
-        if task == "comm_rank" and neg_num < 1:
-            raise ValueError(f"comm_rank needs neg_num >= 1 negatives, got {neg_num}")
-        self.ds, self.samples, self.gatherer, self.task = ds, samples, gatherer, task
+    def __init__(self, ds: PreparedDataset, samples: SampleSet, gatherer: HistoryGatherer, batch_size: int,
+                 neg_num: int, seed: int, rank: int = 0, world: int = 1):
+        self.ds, self.samples, self.gatherer = ds, samples, gatherer
         self.batch_size, self.neg_num, self.seed = batch_size, neg_num, seed
         self.rank, self.world = rank, world
         self.epoch = 0
@@ -96,17 +90,34 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
         for lo in range(0, len(order), self.batch_size):
             rows = order[lo: lo + self.batch_size]
-            yield self._batch(rows, rng)
+            yield self.batch(rows, self.gatherer(self.samples, rows), rng)
 
-    def _batch(self, rows: np.ndarray, rng: np.random.Generator):
-        history = self.gatherer(self.samples, rows)
-        if self.task == "rec":
-            cands = None
-            if self.neg_num > 0:
-                cands = torch.from_numpy(sample_video_candidates(
-                    np.asarray(self.samples.target[rows]), self.ds.num_videos, self.neg_num,
-                    int(rng.integers(1 << 62))))
-            return RecBatch(history, cands)
+    def batch(self, rows: np.ndarray, history: HistoryBatch, rng: np.random.Generator):
+        raise NotImplementedError
+
+
+class RecBatches(SampleBatches):
+    """rec training batches (:class:`RecBatch`). ``neg_num``: ``-1`` = softmax over all videos
+    (no candidates), else that many sampled negatives per sample."""
+
+    def batch(self, rows: np.ndarray, history: HistoryBatch, rng: np.random.Generator) -> RecBatch:
+        cands = None
+        if self.neg_num > 0:
+            cands = torch.from_numpy(sample_video_candidates(
+                np.asarray(self.samples.target[rows]), self.ds.num_videos, self.neg_num, int(rng.integers(1 << 62))))
+        return RecBatch(history, cands)
+
+
+class CommRankBatches(SampleBatches):
+    """comm_rank training batches (:class:`CommRankBatch`): one positive per sample, drawn each
+    epoch among the sample's positives, and ``neg_num >= 1`` negatives per positive."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.neg_num < 1:
+            raise ValueError(f"comm_rank needs neg_num >= 1 negatives, got {self.neg_num}")
+
+    def batch(self, rows: np.ndarray, history: HistoryBatch, rng: np.random.Generator) -> CommRankBatch:
         sub = self.samples.subset(rows)
         n_pos = np.diff(sub.pos_ptr)
         pick = sub.pos_ptr[:-1] + (rng.random(len(rows)) * n_pos).astype(np.int64)
@@ -123,7 +134,7 @@ class SequenceBatches:
     """Training batches of whole-sequence windows (``finetune.train_on=sequences``): every video
     target of the ``rec`` training samples is a label exactly once, predicted in one causal pass
     over a window of the user's sequence (SASRec's own training; RecBole instead makes one sample
-    per prefix, which is what ``TrainBatches`` does).
+    per prefix, which is what :class:`RecBatches` does).
 
     A user's *timeline* is the video history before their first training target (its last
     ``max_len`` videos) followed by their training targets in order. Windows of up to ``max_len``
@@ -138,7 +149,7 @@ class SequenceBatches:
         samples: the ``rec`` training samples (grouped by user, in time order, as prepared).
         max_len: window length (``data.max_phis_len``).
         stride: positions between window ends, ``1..max_len`` (None = ``max_len``: no overlap).
-        batch_size: windows per batch; ``rank``/``world``: as :class:`TrainBatches`.
+        batch_size: windows per batch; ``rank``/``world``: as :class:`SampleBatches`.
     """
 
     def __init__(self, ds: PreparedDataset, samples: SampleSet, max_len: int, stride: int | None,

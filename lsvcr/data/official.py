@@ -26,13 +26,14 @@ from lsvcr.data.official_splits import read_given_samples
 from lsvcr.data.official_tables import read_official_tables
 from lsvcr.data.raw import RawTables
 from lsvcr.data.sources import existing_dir
+from lsvcr.data.store import TASKS
 from lsvcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
 OFFICIAL_SPLITS = ("train", "val", "test")  # chronological: a later split holds later targets
-OFFICIAL_TASKS = ("rec", "comm_rank")
+OFFICIAL_TASKS = TASKS  # rec.<split>.json and comm_rank.<split>.json: the sample sets' own names
 
 
 class _IdListUnpickler(pickle.Unpickler):

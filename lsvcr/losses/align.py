@@ -24,10 +24,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from lsvcr.data.align_batch import TASK_IDS
 from lsvcr.losses.contrastive import batch_info_nce, behaviour_contrast, gather_rows, multi_process, symmetric_info_nce
 from lsvcr.models.sr.lsvcr import SRReadouts
 
-REC, COMM_RANK = 0, 1
+REC, COMM_RANK = TASK_IDS["rec"], TASK_IDS["comm_rank"]  # an AlignBatch row's task id
 #: the scalar losses of an alignment forward (``AlignmentModel.forward``: these and the diagnostics)
 LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
 #: logged next to the losses (:func:`alignment_losses`): in-batch retrieval accuracy and representation collapse

@@ -5,11 +5,13 @@ imports a loss. :class:`FinetuneLoss` is the whole objective of one batch. It ru
 :meth:`lsvcr.models.recommender.Recommender.forward` (the stage passes it in), so that DDP's
 gradient hooks see every weight it uses::
 
-    loss = FinetuneLoss(id_text_weight=0.1, id_text_negatives=99)
+    loss = FinetuneLoss(rec_task_loss, id_text_weight=0.1, id_text_negatives=99)
     out = model(batch, loss, generator=g)        # {"loss", "task_loss"[, "id_text_loss"]}
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,44 +66,55 @@ def id_text_loss(sr, inputs: SRInputs, num_negatives: int = 99, generator: torch
     return (id_to_text + text_to_id) / 2
 
 
+def sequence_task_loss(model, batch: SequenceBatch) -> tuple[SRInputs, Tensor]:
+    """rec on whole sequences: every labelled position of a :class:`~lsvcr.data.batch.SequenceBatch`,
+    a softmax over every video. ``(inputs, loss)``; ``model`` a
+    :class:`~lsvcr.models.recommender.Recommender`."""
+    inputs = model.sequence_inputs(batch)
+    trained = batch.labels > 0
+    users = model.sr.sequence_users(inputs)[trained]
+    return inputs, rec_loss_full(model.sr, users, model.all_videos(), batch.labels[trained])
+
+
+def rec_task_loss(model, batch: RecBatch) -> tuple[SRInputs, Tensor]:
+    """rec on one target per sample (:class:`~lsvcr.data.batch.RecBatch`): a softmax over every
+    video, or the target against the batch's sampled negatives. ``(inputs, loss)``."""
+    inputs = model.inputs(batch.history)
+    user = model.sr.video_user(inputs)
+    if batch.candidates is None:
+        return inputs, rec_loss_full(model.sr, user, model.all_videos(), batch.history.target)
+    reps = model.videos(batch.candidates)
+    return inputs, rec_loss_sampled(model.sr, user, reps[:, 0], reps[:, 1:])
+
+
+def comm_rank_task_loss(model, batch: CommRankBatch) -> tuple[SRInputs, Tensor]:
+    """comm_rank (:class:`~lsvcr.data.batch.CommRankBatch`): the watched video's candidate
+    comments, several positives. ``(inputs, loss)``."""
+    inputs = model.inputs(batch.history)
+    user = model.sr.comment_user(inputs)
+    return inputs, comm_rank_loss(model.sr, user, model.comments(batch.candidates), batch.labels, batch.candidates > 0)
+
+
 class FinetuneLoss:
     """The fine-tuning objective of a batch: the task's loss plus ``id_text_weight`` x
     :func:`id_text_loss` (for an SR with both ID and text embeddings, ``sr.has_id_text``).
 
-    The task follows from the batch: a :class:`~lsvcr.data.batch.SequenceBatch` (every labelled
-    position, a softmax over every video), a :class:`~lsvcr.data.batch.RecBatch` (full softmax, or
-    the target against sampled negatives), a :class:`~lsvcr.data.batch.CommRankBatch` (the
-    watched video's comments, several positives).
+    Args:
+        task_loss: ``(model, batch) -> (inputs, loss)``, the task's own term (the task object
+            picks it: :func:`rec_task_loss`, :func:`sequence_task_loss`, :func:`comm_rank_task_loss`).
     """
 
-    def __init__(self, id_text_weight: float = 0.1, id_text_negatives: int = 99):
+    def __init__(self, task_loss: Callable, id_text_weight: float = 0.1, id_text_negatives: int = 99):
+        self.task_loss = task_loss
         self.id_text_weight, self.id_text_negatives = float(id_text_weight), int(id_text_negatives)
 
-    def __call__(self, model, batch: RecBatch | CommRankBatch | SequenceBatch,
-                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def __call__(self, model, batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``{"loss", "task_loss"[, "id_text_loss"]}`` (scalars) of ``model``, a
         :class:`~lsvcr.models.recommender.Recommender`, on ``batch``."""
-        sr = model.sr
-        if isinstance(batch, SequenceBatch):
-            inputs = model.sequence_inputs(batch)
-            trained = batch.labels > 0
-            users = sr.sequence_users(inputs)[trained]
-            task_loss = rec_loss_full(sr, users, model.all_videos(), batch.labels[trained])
-        elif isinstance(batch, RecBatch):
-            inputs = model.inputs(batch.history)
-            user = sr.user_repr(inputs, "rec")
-            if batch.candidates is None:
-                task_loss = rec_loss_full(sr, user, model.all_videos(), batch.history.target)
-            else:
-                reps = model.videos(batch.candidates)
-                task_loss = rec_loss_sampled(sr, user, reps[:, 0], reps[:, 1:])
-        else:
-            inputs = model.inputs(batch.history)
-            user = sr.user_repr(inputs, "comm_rank")
-            task_loss = comm_rank_loss(sr, user, model.comments(batch.candidates), batch.labels, batch.candidates > 0)
+        inputs, task_loss = self.task_loss(model, batch)
         out = {"task_loss": task_loss}
-        if self.id_text_weight > 0 and sr.has_id_text:
-            out["id_text_loss"] = id_text_loss(sr, inputs, self.id_text_negatives, generator)
+        if self.id_text_weight > 0 and model.sr.has_id_text:
+            out["id_text_loss"] = id_text_loss(model.sr, inputs, self.id_text_negatives, generator)
             out["loss"] = task_loss + self.id_text_weight * out["id_text_loss"]
         else:
             out["loss"] = task_loss

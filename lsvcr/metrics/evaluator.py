@@ -9,6 +9,9 @@ A *scorer* answers two questions (popularity, random, a fine-tuned SR, ...)::
 and may add ``rank_videos(history) -> LongTensor[B]`` (the full-ranking rank of each target), which
 the full protocol then uses instead of scoring every video into one matrix.
 
+What is ranked is the task's: the evaluator takes a task object (:mod:`lsvcr.tasks`) whose
+``ranking`` (:class:`VideoRanking`, :class:`CommentRanking`) draws the candidates and ranks them.
+
 Candidates of the sampled protocol are a pure function of (seed, split, sample row), so every
 evaluation of every run, whatever its batch size or process layout, sees the same ones. With several processes each rank takes
 a contiguous shard of the samples and the metric *sums* are all-reduced.
@@ -44,6 +47,23 @@ class Scorer(Protocol):
     def score_comments(self, history: HistoryBatch, candidates: torch.Tensor) -> torch.Tensor: ...
 
 
+class Ranking(Protocol):
+    """What one task's evaluation ranks (:class:`VideoRanking`, :class:`CommentRanking`)."""
+
+    def candidates(self, ds: PreparedDataset, samples: SampleSet, idx: np.ndarray, protocol: str,
+                   cfg: "EvalConfig", seed: int) -> tuple[np.ndarray | None, np.ndarray | None]: ...
+
+    def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None, labels: np.ndarray | None,
+              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class EvalTask(Protocol):
+    """The evaluator's view of a task (:mod:`lsvcr.tasks`): its samples' name and its ranking."""
+
+    name: str
+    ranking: Ranking
+
+
 @dataclass
 class EvalConfig:
     protocols: tuple[str, ...] = PROTOCOLS
@@ -70,25 +90,8 @@ def _shard(n: int) -> np.ndarray:
 class Evaluator:
     """Computes ranking metrics of a scorer for one task on a prepared dataset."""
 
-    def __init__(self, ds: PreparedDataset, gatherer: HistoryGatherer, task: str, cfg: EvalConfig, device="cpu"):
-        if task not in ("rec", "comm_rank"):
-            raise ValueError(f"task must be rec or comm_rank, got {task!r}")
+    def __init__(self, ds: PreparedDataset, gatherer: HistoryGatherer, task: EvalTask, cfg: EvalConfig, device="cpu"):
         self.ds, self.gatherer, self.task, self.cfg, self.device = ds, gatherer, task, cfg, torch.device(device)
-
-    def _candidates(self, split: str, protocol: str, samples: SampleSet, idx: np.ndarray):
-        """``(candidates [b, K], is_positive [b, K])`` of rows ``idx``; candidates ``None`` for
-        full-ranking rec. Drawn from (seed, split, row), so any batching gives the same ones."""
-        seed = self.cfg.seed + (0 if split == "val" else 1)
-        if self.task == "rec":
-            if protocol == "full":
-                return None, None
-            return sample_video_candidates(np.asarray(samples.target[idx]), self.ds.num_videos,
-                                           self.cfg.rec_sampled_negatives, seed, rows=idx), None
-        sub = samples.subset(idx)
-        return sample_comment_candidates(
-            sub.target, sub.pos_ptr, sub.pos, np.asarray(self.ds.video_comment_ptr),
-            np.asarray(self.ds.video_comments), self.cfg.comm_max_candidates if protocol == "sampled" else None,
-            seed, rows=idx)
 
     def _metrics(self) -> RankingMetrics:
         return RankingMetrics(ks=self.cfg.recall_ks, ndcg_ks=self.cfg.ndcg_ks, mrr_ks=self.cfg.mrr_ks)
@@ -115,26 +118,22 @@ class Evaluator:
         """``{protocol: {metric: value, "count": n}}`` over the whole split (all ranks), plus the
         same on the cold and warm targets as ``"<protocol>/cold"`` and ``"<protocol>/warm"`` (a
         slice without samples on any rank is left out)."""
-        samples = self.ds.samples(self.task, split)
+        samples = self.ds.samples(self.task.name, split)
+        ranking = self.task.ranking
+        # candidates of the sampled protocol are drawn from (seed, split, row): any batching gives the same ones
+        seed = self.cfg.seed + (0 if split == "val" else 1)
         rows = _shard(len(samples))
         out = {}
         slice_names = [] if self.cfg.cold_max_train_interactions is None else ["cold", "warm"]
         for protocol in self.cfg.protocols:
             metrics = {name: self._metrics() for name in ["", *slice_names]}
             batches = range(0, len(rows), self.cfg.batch_size)
-            for lo in tqdm(batches, desc=f"eval {self.task}/{split}/{protocol}", disable=not self.cfg.progress or not is_rank_zero(),
+            for lo in tqdm(batches, desc=f"eval {self.task.name}/{split}/{protocol}", disable=not self.cfg.progress or not is_rank_zero(),
                            leave=False):
                 idx = rows[lo: lo + self.cfg.batch_size]
                 history = self.gatherer(samples, idx).to(self.device)
-                cands, labels = self._candidates(split, protocol, samples, idx)
-                if self.task == "rec":
-                    ranks = self._rec_ranks(scorer, history, cands)
-                    ranks, num_pos = ranks[:, None], torch.ones_like(ranks)
-                else:
-                    c = torch.from_numpy(cands).to(self.device)
-                    lab = torch.from_numpy(labels).to(self.device)
-                    scores = scorer.score_comments(history, c).float()
-                    ranks, num_pos = ranks_multi(scores, lab, c > 0), lab.sum(1)
+                cands, labels = ranking.candidates(self.ds, samples, idx, protocol, self.cfg, seed)
+                ranks, num_pos = ranking.ranks(scorer, history, cands, labels, self.ds.num_videos, self.device)
                 metrics[""].update(ranks, num_pos)
                 for name, mask in self._slices(samples, idx).items():
                     metrics[name].update(ranks[mask], num_pos[mask])
@@ -144,22 +143,56 @@ class Evaluator:
                     out[protocol + (f"/{name}" if name else "")] = computed
         return out
 
-    def _rec_ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None) -> torch.Tensor:
+
+
+class VideoRanking:
+    """rec: the target video among ``rec_sampled_negatives`` sampled videos, or among every video
+    (full protocol; one rank per row)."""
+
+    def candidates(self, ds: PreparedDataset, samples: SampleSet, idx: np.ndarray, protocol: str,
+                   cfg: EvalConfig, seed: int) -> tuple[np.ndarray | None, None]:
+        if protocol == "full":
+            return None, None
+        return sample_video_candidates(np.asarray(samples.target[idx]), ds.num_videos, cfg.rec_sampled_negatives,
+                                       seed, rows=idx), None
+
+    def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None, labels: None,
+              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if cands is not None:
-            c = torch.from_numpy(cands).to(self.device)
+            c = torch.from_numpy(cands).to(device)
             scores = scorer.score_videos(history, c).float()
-            return ranks_single(scores, torch.zeros(len(c), dtype=torch.long, device=self.device), c > 0)
-        if hasattr(scorer, "rank_videos"):  # fused scoring + counting, no [B, V+1] score matrix
-            return scorer.rank_videos(history)
-        step = max(1, _FULL_CHUNK_ELEMS // (self.ds.num_videos + 1))
-        parts = []
-        for lo in range(0, len(history.target), step):
-            sub = _slice_history(history, lo, lo + step)
-            scores = scorer.score_videos(sub, None).float()
-            valid = torch.ones_like(scores, dtype=torch.bool)
-            valid[:, 0] = False
-            parts.append(ranks_single(scores, sub.target, valid))
-        return torch.cat(parts)
+            ranks = ranks_single(scores, torch.zeros(len(c), dtype=torch.long, device=device), c > 0)
+        elif hasattr(scorer, "rank_videos"):  # fused scoring + counting, no [B, V+1] score matrix
+            ranks = scorer.rank_videos(history)
+        else:
+            step = max(1, _FULL_CHUNK_ELEMS // (num_videos + 1))
+            parts = []
+            for lo in range(0, len(history.target), step):
+                sub = _slice_history(history, lo, lo + step)
+                scores = scorer.score_videos(sub, None).float()
+                valid = torch.ones_like(scores, dtype=torch.bool)
+                valid[:, 0] = False
+                parts.append(ranks_single(scores, sub.target, valid))
+            ranks = torch.cat(parts)
+        return ranks[:, None], torch.ones_like(ranks)
+
+
+class CommentRanking:
+    """comm_rank: the watched video's comments (up to ``comm_max_candidates`` of them in the
+    sampled protocol, all in the full one), with every positive of the sample."""
+
+    def candidates(self, ds: PreparedDataset, samples: SampleSet, idx: np.ndarray, protocol: str,
+                   cfg: EvalConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        sub = samples.subset(idx)
+        return sample_comment_candidates(
+            sub.target, sub.pos_ptr, sub.pos, np.asarray(ds.video_comment_ptr), np.asarray(ds.video_comments),
+            cfg.comm_max_candidates if protocol == "sampled" else None, seed, rows=idx)
+
+    def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray, labels: np.ndarray,
+              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        c, lab = torch.from_numpy(cands).to(device), torch.from_numpy(labels).to(device)
+        scores = scorer.score_comments(history, c).float()
+        return ranks_multi(scores, lab, c > 0), lab.sum(1)
 
 
 def _slice_history(h: HistoryBatch, lo: int, hi: int) -> HistoryBatch:

@@ -90,7 +90,7 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def score_videos(self, history: HistoryBatch, candidates: Tensor | None) -> Tensor:
         """``[B, K]`` scores of ``candidates`` (or ``[B, V+1]`` of every video when None)."""
-        user = self.sr.user_repr(self.inputs(history), "rec")
+        user = self.sr.video_user(self.inputs(history))
         reps = self.all_videos() if candidates is None else self.videos(candidates)
         return self.sr.scores(user, reps)
 
@@ -99,11 +99,11 @@ class Recommender(nn.Module):
         """``[B]`` full-ranking rank of each row's target among every video (row 0, padding,
         excluded): ``ranks_single(score_videos(history, None), target, columns >= 1)`` without the
         ``[B, V+1]`` score matrix (:func:`~lsvcr.metrics.ranking.full_ranks`)."""
-        user = self.sr.user_repr(self.inputs(history), "rec")
+        user = self.sr.video_user(self.inputs(history))
         return full_ranks(user / self.sr.temperature, self.all_videos(), history.target, first=1)
 
     @torch.no_grad()
     def score_comments(self, history: HistoryBatch, candidates: Tensor) -> Tensor:
         """``[B, K]`` scores of candidate comments of the video being watched."""
         reps = self.comments(candidates)  # first: an SR without comment text fails with that message
-        return self.sr.scores(self.sr.user_repr(self.inputs(history), "comm_rank"), reps)
+        return self.sr.scores(self.sr.comment_user(self.inputs(history)), reps)

@@ -86,6 +86,7 @@ from lsvcr.pipelines.align_engine import (
 from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.embed import dataset_texts, llm_workdir
 from lsvcr.pipelines.handover import CKPT_DIR
+from lsvcr.tasks import build_task
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -94,13 +95,6 @@ STATE_FILE = "trainer_state.json"
 
 
 # ---------------------------------------------------------------- config -> parts
-
-
-def _tasks(cfg: DictConfig) -> list[str]:
-    name = cfg.task.name
-    if name not in ("joint", "rec", "comm_rank"):
-        raise ConfigError(f"task={name}: stage=align trains on task=joint, rec or comm_rank")
-    return ["rec", "comm_rank"] if name == "joint" else [name]
 
 
 def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
@@ -434,7 +428,9 @@ def _fit_standardizers(cfg: DictConfig, n: int, engine: Engine, plan: Plan, item
 
 
 def run(cfg: DictConfig) -> float:
-    tasks = _tasks(cfg)
+    task = build_task(cfg.task)
+    task.check_stage("align", "stage=align trains on task=joint, rec or comm_rank")
+    tasks = list(task.sample_sets)
     eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
     _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
     standardize = _standardize_samples(cfg)  # and align.standardize
@@ -445,7 +441,7 @@ def run(cfg: DictConfig) -> float:
     _check_causal(cfg)  # so does an encoder-only model/llm
     path = run_dir(cfg)
     ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
-    require_comments(cfg, ds)
+    require_comments(cfg, ds, task)
     bundle = build_llm(cfg, ds)
     items = AlignSamples(ds, tasks).items
     plan = _plan(cfg, len(items), distributed.rank_and_world()[1])

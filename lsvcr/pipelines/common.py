@@ -18,6 +18,7 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.distributed import rank_zero_first
 from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import EvalConfig
+from lsvcr.tasks import Task
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -75,18 +76,15 @@ def load_dataset(cfg: DictConfig) -> PreparedDataset:
     return PreparedDataset(path)
 
 
-def require_comments(cfg: DictConfig, ds: PreparedDataset) -> None:
+def require_comments(cfg: DictConfig, ds: PreparedDataset, task: Task) -> None:
     """One clear error when the run needs comment behaviour that ``ds`` does not have: a
-    comment-ranking task, or an SR reading the comment history (``model.sr.use_comment_history``)."""
-    n_ci = int(ds.manifest["counts"]["comment_interactions"])
-    if n_ci:
-        return
-    what = f"data={cfg.data.name} has no comment interactions ({ds.num_comments} comments, 0 comment interactions in {ds.root})"
-    if cfg.task.name in ("comm_rank", "joint"):
-        raise ConfigError(f"task={cfg.task.name} ranks comments, but {what}; use task=rec")
-    if cfg.model.sr.get("use_comment_history"):
-        raise ConfigError(f"model.sr.use_comment_history=true reads the comment history, but {what}; "
-                          "set model.sr.use_comment_history=false (the video stream alone)")
+    comment-ranking ``task`` (:meth:`~lsvcr.tasks.Task.check_data`), or an SR reading the comment
+    history (``model.sr.use_comment_history``)."""
+    task.check_data(ds, cfg.data.name)
+    if cfg.model.sr.get("use_comment_history") and not int(ds.manifest["counts"]["comment_interactions"]):
+        raise ConfigError(f"model.sr.use_comment_history=true reads the comment history, but data={cfg.data.name} "
+                          f"has no comment interactions ({ds.num_comments} comments, 0 comment interactions in "
+                          f"{ds.root}); set model.sr.use_comment_history=false (the video stream alone)")
 
 
 def build(node: DictConfig, **kwargs):

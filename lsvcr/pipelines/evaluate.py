@@ -15,21 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import Evaluator, format_table
-from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
 from lsvcr.pipelines.finetune import checkpoint_meta, is_trainable, load_finetuned
+from lsvcr.tasks import Task, build_task
 
 log = logging.getLogger("lsvcr")
 
 
 def run(cfg: DictConfig) -> float:
     path = run_dir(cfg)
+    task = build_task(cfg.task)
+    task.check_stage("evaluate", "stage=evaluate scores one task, rec or comm_rank")
     _check(cfg)  # a wrong checkpoint or model fails before any data is prepared
     ds = load_dataset(cfg)
-    if cfg.task.name == "comm_rank":
-        require_comments(cfg, ds)
-    scorer = _scorer(cfg, ds)
+    task.check_data(ds, cfg.data.name)
+    scorer = _scorer(cfg, ds, task)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
-    evaluator = Evaluator(ds, gatherer, cfg.task.name, eval_config(cfg))
+    evaluator = Evaluator(ds, gatherer, task, eval_config(cfg))
     logger = start_logger(cfg, path)
     results, rows = {}, {}
     for split in cfg.eval.splits:
@@ -57,10 +59,10 @@ def _check(cfg: DictConfig) -> None:
                           f"evaluate.checkpoint=<finetune run dir>")
 
 
-def _scorer(cfg: DictConfig, ds):
+def _scorer(cfg: DictConfig, ds, task: Task):
     """The fine-tuned model of ``evaluate.checkpoint``, or the baseline of ``model/sr`` fitted on train."""
     checkpoint = _checkpoint(cfg)
-    return load_finetuned(cfg, ds, checkpoint) if checkpoint else build(cfg.model.sr).fit(ds)
+    return load_finetuned(cfg, ds, checkpoint, task) if checkpoint else build(cfg.model.sr).fit(ds)
 
 
 def _selection_metric(results: dict) -> float:

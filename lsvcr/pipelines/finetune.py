@@ -31,12 +31,12 @@ from transformers import get_scheduler
 
 from lsvcr import distributed
 from lsvcr.data.history import HistoryGatherer
-from lsvcr.data.loader import SequenceBatches, TrainBatches
 from lsvcr.errors import ConfigError
 from lsvcr.losses.recommend import FinetuneLoss
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.models.recommender import Recommender
 from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
+from lsvcr.tasks import Task, TrainSpec, build_task
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -55,20 +55,19 @@ def is_trainable(sr_cfg: DictConfig) -> bool:
     return "_target_" in sr_cfg and not sr_cfg._target_.startswith(("lsvcr.models.popularity", "lsvcr.models.random"))
 
 
-def build_recommender(cfg: DictConfig, ds) -> Recommender:
-    """The SR of ``model/sr`` with its text tables (and the aligned weights of ``finetune.init_from``)."""
+def build_recommender(cfg: DictConfig, ds, task: Task) -> Recommender:
+    """The SR of ``model/sr`` for ``task``, with its text tables (and the aligned weights of
+    ``finetune.init_from``)."""
     if not is_trainable(cfg.model.sr):
         raise ConfigError(f"model/sr={cfg.model.sr.name} has nothing to fine-tune; use stage=evaluate")
     longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
     if cfg.model.sr.get("max_position", longest) < longest:
         raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
                           f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
-    if cfg.task.name not in ("rec", "comm_rank"):
-        raise ConfigError(f"task={cfg.task.name}: fine-tuning trains one task, rec or comm_rank")
-    require_comments(cfg, ds)
+    task.check_stage("finetune", "fine-tuning trains one task, rec or comm_rank")
+    require_comments(cfg, ds, task)
     sr = build(cfg.model.sr, num_videos=ds.num_videos)
-    if cfg.task.name == "comm_rank" and not sr.uses_text:
-        raise ConfigError(f"model/sr={cfg.model.sr.name} reads no comment text and cannot rank comments; use task=rec")
+    task.check_sr(sr, cfg.model.sr.name)
     video = comment = projection = None
     if sr.uses_text:
         from lsvcr.pipelines.embed import ensure_tables
@@ -85,32 +84,11 @@ def build_recommender(cfg: DictConfig, ds) -> Recommender:
     return Recommender(sr, video, comment, projection)
 
 
-TRAIN_ON = ("samples", "sequences")
-
-
-def _batches(cfg: DictConfig, ds, model: Recommender, gatherer: HistoryGatherer, accelerator: Accelerator):
-    """The training batches of ``finetune.train_on``: one sample per target (the paper's, every
-    SR) or whole-sequence windows with every position a target (SASRec's own training)."""
-    f, task = cfg.finetune, cfg.task.name
-    train_on = f.get("train_on", "samples")
-    if train_on not in TRAIN_ON:
-        raise ConfigError(f"finetune.train_on={train_on}: expected one of {', '.join(TRAIN_ON)}")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if train_on == "samples":
-        return TrainBatches(ds, ds.samples(task, "train"), gatherer, task, f.batch_size, cfg.task.neg_num, cfg.seed,
-                            rank, world)
-    if task != "rec" or not model.sr.trains_on_sequences:
-        raise ConfigError(f"finetune.train_on=sequences trains a causal SR on task=rec (model/sr=sasrec, or "
-                          f"model/sr=lsvcr with model.sr.use_comment_history=false model.sr.position_align=start); "
-                          f"not task={task} with model/sr={cfg.model.sr.name}")
-    if cfg.task.neg_num != -1:
-        raise ConfigError(f"finetune.train_on=sequences trains with a softmax over every video: set task.neg_num=-1 "
-                          f"(not {cfg.task.neg_num})")
-    batches = SequenceBatches(ds, ds.samples("rec", "train"), cfg.data.max_phis_len, f.get("sequence_stride"),
-                              f.batch_size, cfg.seed, rank, world)
-    log.info("training on %d sequence windows (%d targets; %d without a video history left out)",
-             len(batches.w_start), batches.num_targets, batches.dropped)
-    return batches
+def _train_spec(cfg: DictConfig, accelerator: Accelerator) -> TrainSpec:
+    f = cfg.finetune
+    return TrainSpec(batch_size=f.batch_size, seed=cfg.seed, train_on=f.get("train_on", "samples"),
+                     rank=accelerator.process_index, world=accelerator.num_processes, max_len=cfg.data.max_phis_len,
+                     sequence_stride=f.get("sequence_stride"))
 
 
 def _write_checkpoint_meta(path: Path, cfg: DictConfig, ds) -> None:
@@ -143,7 +121,7 @@ def checkpoint_meta(cfg: DictConfig, run) -> tuple[Path, dict]:
     return run, meta
 
 
-def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
+def load_finetuned(cfg: DictConfig, ds, run, task: Task) -> Recommender:
     """The best checkpoint of the finetune run ``run`` (``evaluate.checkpoint``), rebuilt with the
     run's own model, LLM and text-table settings, on ``ds``; every mismatch is one clear error."""
     run, meta = checkpoint_meta(cfg, run)
@@ -154,7 +132,7 @@ def load_finetuned(cfg: DictConfig, ds, run) -> Recommender:
                           f"{ds.num_comments} comments ({ds.root})")
     run_cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(run_cfg, False)  # the run's finetune: node has keys this stage's has not
-    model = build_recommender(OmegaConf.merge(run_cfg, meta["config"]), ds)
+    model = build_recommender(OmegaConf.merge(run_cfg, meta["config"]), ds, task)
     try:
         model.load_state_dict(load_file(weights))
     except RuntimeError as e:
@@ -233,14 +211,14 @@ def _monitor(cfg: DictConfig, val: dict) -> float:
     return float(val[protocol][metric])
 
 
-def _loss(cfg: DictConfig, sr) -> FinetuneLoss:
+def _loss(cfg: DictConfig, task: Task, sr, train_on: str) -> FinetuneLoss:
     """The objective of ``finetune``: the task's loss, plus the ID-text contrast where ``sr`` has
     both ID and text embeddings (``finetune.id_text_loss_weight`` is not applied otherwise)."""
     f = cfg.finetune
     if f.id_text_loss_weight and not sr.has_id_text:
         log.info("finetune.id_text_loss_weight=%s not applied: model/sr=%s has no ID and text embeddings of a "
                  "video to contrast", f.id_text_loss_weight, cfg.model.sr.name)
-    return FinetuneLoss(f.id_text_loss_weight, f.id_text_negatives)
+    return FinetuneLoss(task.task_loss(train_on), f.id_text_loss_weight, f.id_text_negatives)
 
 
 def _train_epoch(model, loss_fn: FinetuneLoss, batches, opt, sched, accelerator, cfg, state: _State, logger) -> float:
@@ -278,12 +256,13 @@ def run(cfg: DictConfig) -> float:
     path = run_dir(cfg)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg)
-    task, f = cfg.task.name, cfg.finetune
-    model = build_recommender(cfg, ds)
-    loss_fn = _loss(cfg, model.sr)
+    f, task = cfg.finetune, build_task(cfg.task)
+    model = build_recommender(cfg, ds, task)
     accelerator = _accelerator(cfg)
+    spec = _train_spec(cfg, accelerator)
+    loss_fn = _loss(cfg, task, model.sr, spec.train_on)
     gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
-    batches = _batches(cfg, ds, model, gatherer, accelerator)
+    batches = task.train_batches(ds, gatherer, model.sr, spec, cfg.model.sr.name)
     opt, sched = _optimizer(cfg, model, f.epochs * len(batches))
     state = _State()
     if f.get("resume"):
@@ -295,8 +274,8 @@ def run(cfg: DictConfig) -> float:
     evaluator = Evaluator(ds, gatherer, task, eval_config(cfg), accelerator.device)
     logger = start_logger(cfg, path)
     _write_checkpoint_meta(path, cfg, ds)
-    log.info("fine-tuning %s on %s: %d train samples, %d steps/epoch, %d parameters", cfg.model.sr.name, task,
-             len(ds.samples(task, "train")), len(batches), sum(p.numel() for p in core.parameters() if p.requires_grad))
+    log.info("fine-tuning %s on %s: %d train samples, %d steps/epoch, %d parameters", cfg.model.sr.name, task.name,
+             len(ds.samples(task.name, "train")), len(batches), sum(p.numel() for p in core.parameters() if p.requires_grad))
     if f.eval_initial and state.epoch == 0:
         core.eval()
         logger.log({"epoch": -1, **_flat("val", evaluator.evaluate(core, "val"))}, step=0)
@@ -325,14 +304,14 @@ def run(cfg: DictConfig) -> float:
     core.load_state_dict(load_file(path / "best" / "model.safetensors"))
     core.eval()
     results = {split: evaluator.evaluate(core, split) for split in cfg.eval.splits}
-    summary = {"task": task, "model": cfg.model.sr.name, "best_epoch": state.best_epoch, "monitor": f.monitor,
+    summary = {"task": task.name, "model": cfg.model.sr.name, "best_epoch": state.best_epoch, "monitor": f.monitor,
                "best_val": state.best, "epochs_run": state.epoch, "train_seconds": round(time.perf_counter() - t0, 1),
                "results": results}
     write_json(path / "metrics.json", summary)
     logger.log(_flat("best", {f"{s}/{p}": m for s, r in results.items() for p, m in r.items()}), step=state.step)
     logger.finish()
     rows = {f"{cfg.model.sr.name} {s}/{p}": m for s, r in results.items() for p, m in r.items()}
-    log.info("%s metrics, best epoch %d (%s):\n%s", task, state.best_epoch, path, format_table(rows))
+    log.info("%s metrics, best epoch %d (%s):\n%s", task.name, state.best_epoch, path, format_table(rows))
     return state.best
 
 

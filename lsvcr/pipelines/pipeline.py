@@ -31,7 +31,9 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from lsvcr import distributed
+from lsvcr.data.store import TASKS
 from lsvcr.pipelines.common import load_dataset, run_dir, write_json
+from lsvcr.tasks import TASK_CLASSES, RecTask
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -39,7 +41,6 @@ log = logging.getLogger("lsvcr")
 STAGES = {name: f"lsvcr.pipelines.{name}.run" for name in ("evaluate", "embed", "finetune", "align")}
 ROWS = {"baseline": "popularity / most_liked", "sasrec": "SASRec", "lsvcr": "LSVCR (un-aligned)",
         "lsvcr_aligned": "LSVCR (aligned)"}
-TASKS = ("rec", "comm_rank")
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,14 @@ def _base(cfg: DictConfig) -> DictConfig:
 
 def plan_steps(has_comments: bool) -> dict[int, str]:
     """Step index -> the task it runs on. A dataset without comment interactions (RecBole,
-    MovieLens) runs the video side only: no comm_rank steps, alignment on task=rec."""
-    if has_comments:
-        return {i: s.task for i, s in enumerate(STEPS)}
-    return {i: "rec" if s.stage == "align" else s.task for i, s in enumerate(STEPS) if s.task != "comm_rank"}
+    MovieLens) runs the video side only: no step whose task ranks comments, alignment on task=rec."""
+    steps = {}
+    for i, s in enumerate(STEPS):
+        if has_comments or not TASK_CLASSES[s.task].ranks_comments:
+            steps[i] = s.task
+        elif s.stage == "align":
+            steps[i] = RecTask.name
+    return steps
 
 
 def derive(base: DictConfig, path: Path, index: int, task: str | None = None) -> DictConfig:

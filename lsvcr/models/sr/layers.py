@@ -271,11 +271,14 @@ class SequentialRecommender(nn.Module):
     """The interface every SR model answers (RecBole style); the losses built on it are
     :mod:`lsvcr.losses.recommend`.
 
-    Subclasses provide ``user_repr``, ``video_repr``, ``video_table_repr``, ``comment_repr`` and
-    set ``temperature``; scores are ``user . candidate / temperature``.
+    Subclasses provide the rec read-out ``video_user`` (and, for comm_rank, ``comment_user``),
+    ``video_repr``, ``video_table_repr``, ``comment_repr``, and set ``temperature`` and
+    :attr:`tasks`; scores are ``user . candidate / temperature``.
     """
 
     temperature: float = 1.0
+    #: the tasks the model answers (``conf/task`` names; a task refuses a model without its name)
+    tasks: tuple[str, ...] = ("rec",)
     #: whether the model reads text embeddings (False: ``lookup_inputs`` may be given no tables)
     uses_text: bool = True
     #: whether :meth:`sequence_users` works (a user representation after every position of a
@@ -289,7 +292,7 @@ class SequentialRecommender(nn.Module):
     def sequence_users(self, inputs: SRInputs) -> Tensor:
         """``[B, L, d]``: at position ``i`` of the right-padded video histories of ``inputs`` (no
         comment history), the ``rec`` user representation of the history ``[:i+1]``, equal in
-        eval mode to :meth:`user_repr` of that prefix."""
+        eval mode to ``video_user`` of that prefix."""
         raise ValueError(f"{type(self).__name__} cannot train on whole sequences")
 
     def scores(self, user: Tensor, candidates: Tensor) -> Tensor:

@@ -258,18 +258,21 @@ class LSVCR(SequentialRecommender):
             comment_query=None if c is None else self._query_readout(query, c, c_pack, inputs.c_mask),
         )
 
-    def user_repr(self, inputs: SRInputs, task: str) -> Tensor:
-        """Normalised user representation ``[B, d]`` for ``task`` in {"rec", "comm_rank"}.
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """rec always; comm_rank needs the comment text (``use_text``)."""
+        return ("rec", "comm_rank") if self.uses_text else ("rec",)
 
-        rec: pooling over the video stream; comm_rank: target-video query attention over the
-        comment stream (over the video stream without comment history).
-        """
-        if task not in ("rec", "comm_rank"):
-            raise ValueError(f"unknown task '{task}' (expected 'rec' or 'comm_rank')")
-        v, v_pack, c, c_pack = self._encode_rows(inputs, video=task == "rec", comment=task == "comm_rank")
-        if task == "rec":
-            out = self.pooling.forward_rows(v, v_pack, inputs.v_mask)
-        elif c is None:
+    def video_user(self, inputs: SRInputs) -> Tensor:
+        """The rec read-out: pooling over the video stream, normalised ``[B, d]``."""
+        v, v_pack, _, _ = self._encode_rows(inputs, comment=False)
+        return F.normalize(self.pooling.forward_rows(v, v_pack, inputs.v_mask), dim=-1)
+
+    def comment_user(self, inputs: SRInputs) -> Tensor:
+        """The comm_rank read-out: target-video query attention over the comment stream (over
+        the video stream without comment history), normalised ``[B, d]``."""
+        v, v_pack, c, c_pack = self._encode_rows(inputs, video=False)
+        if c is None:
             out = self._query_readout(self._query(inputs), v, v_pack, inputs.v_mask)
         else:
             out = self._query_readout(self._query(inputs), c, c_pack, inputs.c_mask)

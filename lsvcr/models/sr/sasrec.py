@@ -3,7 +3,7 @@
 Item embedding + learned positions, LayerNorm, dropout, a causal post-LN Transformer, and the
 state at the last real position as the user representation. Scores are raw dot products with the
 item embeddings (RecBole's convention; no normalisation, temperature 1). It reads only the video
-history's ids, so it answers ``task="rec"`` only.
+history's ids, so it answers ``task=rec`` only (:attr:`tasks`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from lsvcr.models.sr.layers import (
 )
 
 
-def _task_error(task: str) -> ValueError:
-    return ValueError(f"SASRec is an ID-only video recommender and cannot do task '{task}'; use task=rec")
-
-
 class SASRec(SequentialRecommender):
     """ID-only sequential recommender over the video history."""
 
+    tasks = ("rec",)
     uses_text = False
     trains_on_sequences = True
 
@@ -54,10 +51,8 @@ class SASRec(SequentialRecommender):
         )
         self.apply(init_weights)
 
-    def user_repr(self, inputs: SRInputs, task: str) -> Tensor:
-        """State at the last real video-history position ``[B, d]`` (not normalised)."""
-        if task != "rec":
-            raise _task_error(task)
+    def video_user(self, inputs: SRInputs) -> Tensor:
+        """The rec read-out: the state at the last real video-history position ``[B, d]`` (not normalised)."""
         ids, mask = inputs.v_ids, inputs.v_mask
         states = self.sequence_states(ids)  # [B, L, d]
         # Right padding: the last real item sits at (number of real items - 1); an empty
@@ -88,4 +83,4 @@ class SASRec(SequentialRecommender):
         return self.item_embedding.weight
 
     def comment_repr(self, comment_emb: Tensor) -> Tensor:
-        raise _task_error("comm_rank")
+        raise ValueError("SASRec is an ID-only video recommender and cannot rank comments; use task=rec")
