@@ -37,6 +37,7 @@ from lsvcr.data.batch import HistoryBatch
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.data.synthetic import SyntheticConfig, WorldTruth, generate
 from lsvcr.metrics.evaluator import Evaluator
+from lsvcr.models.baseline import Baseline
 from lsvcr.models.popularity import MostLiked, Popularity
 from lsvcr.pipelines.common import eval_config, load_dataset
 from lsvcr.tasks import task_named
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "experiments" / "compare"  # compare_finetune.py's world and tables
 
 
-class _TruthScorer:
+class _TruthScorer(Baseline):
     """Scores from the ground truth, indexed by prepared indices (row ``raw id - 1`` of ``truth``).
 
     Modes: ``oracle``; ``reader`` (rec: topics and sub-interests known, preferences from the video
@@ -55,7 +56,7 @@ class _TruthScorer:
     """
 
     def __init__(self, ds, truth: WorldTruth, mode: str, split: str = "test", cold_cut: int = 5):
-        self.truth, self.mode = truth, mode
+        self.truth, self.mode, self.num_videos = truth, mode, ds.num_videos
         self.video_row = np.r_[0, np.asarray(ds.raw_ids("videos")).astype(np.int64) - 1]
         self.comment_row = np.r_[0, np.asarray(ds.raw_ids("comments")).astype(np.int64) - 1]
         self.user_row = np.r_[0, np.asarray(ds.raw_ids("users")).astype(np.int64) - 1]

@@ -278,7 +278,7 @@ def ranking_check(args: argparse.Namespace, device: torch.device) -> dict:
         def batch() -> None:
             h = histories[count[0] % 2]
             if chunk is None:
-                ranking.ranks(model, h, None, None, args.rank_videos, device)
+                ranking.ranks(model, h, None, None, device)
             else:
                 scores = model.score_videos(h, None).float()
                 valid = torch.ones_like(scores, dtype=torch.bool)

@@ -9,12 +9,13 @@ import torch
 
 from lsvcr.data.history import HistoryGatherer
 from lsvcr.metrics.evaluator import EvalConfig, Evaluator
+from lsvcr.models.baseline import Baseline
 from lsvcr.models.popularity import MostLiked, Popularity
 from lsvcr.models.random import RandomScorer
 from lsvcr.tasks import task_named
 
 
-class Oracle:
+class Oracle(Baseline):
     """Scores with the synthetic world's true generative probabilities, given the latent state the
     world generated the target from (the user's latest genuine view and the time, per test sample;
     one test sample per user under leave-one-out)."""
@@ -97,12 +98,13 @@ def test_fused_full_ranking_matches_scoring_every_video(small_world):
         assert torch.equal(model.rank_videos(h), ranks_single(scores, h.target, valid))
 
 
-class _ColdFirst:
+class _ColdFirst(Baseline):
     """Ranks the target first when it is cold (at most ``cut`` training interactions) and last
     when it is warm: cold-slice metrics are 1, warm-slice metrics 0, by construction."""
 
     def __init__(self, counts: np.ndarray, cut: int):
         self.cold = torch.from_numpy(counts <= cut)
+        self.num_videos = len(counts) - 1
 
     def fit(self, ds):
         return self
@@ -135,3 +137,23 @@ def test_cold_and_warm_slices(small_world, cut):
     off = Evaluator(ds, HistoryGatherer(ds, 50, 50), task_named("rec"),
                     EvalConfig(progress=False, cold_max_train_interactions=None)).evaluate(_ColdFirst(counts, cut), "test")
     assert set(off) == {"sampled", "full"} and off["full"] == res["full"]
+
+
+def test_a_baselines_full_ranking_is_its_scores_ranked_in_row_chunks(small_world, monkeypatch):
+    """Baseline.rank_videos (the full protocol's) equals ranks_single over every video's scores,
+    whatever the chunking (here 3 rows a chunk, comment lists cut by slot)."""
+    from lsvcr.metrics.ranking import ranks_single
+    from lsvcr.models import baseline
+
+    ds, _ = small_world
+    h = HistoryGatherer(ds, 50, 50)(ds.samples("rec", "test"), np.arange(10))
+    pop = Popularity().fit(ds)
+    scores = pop.score_videos(h, None)
+    valid = torch.ones_like(scores, dtype=torch.bool)
+    valid[:, 0] = False
+    whole = pop.rank_videos(h)
+    monkeypatch.setattr(baseline, "FULL_CHUNK_ELEMS", 3 * (ds.num_videos + 1))
+    assert torch.equal(pop.rank_videos(h), whole) and torch.equal(whole, ranks_single(scores, h.target, valid))
+    parts = [h.rows(lo, lo + 3) for lo in range(0, 10, 3)]
+    assert torch.equal(torch.cat([p.c_comment for p in parts]), h.c_comment)
+    assert [len(p.target) for p in parts] == [3, 3, 3, 1] and h.rows(0, 10) is h

@@ -53,6 +53,16 @@ class HistoryBatch:
         return type(self)(**{f.name: None if getattr(self, f.name) is None else
                              getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
+    def rows(self, lo: int, hi: int) -> "HistoryBatch":
+        """Samples ``lo:hi`` (the flat comment list is filtered by slot)."""
+        if lo == 0 and hi >= len(self.target):
+            return self
+        width = self.c_video.shape[1]
+        keep = (self.c_slot >= lo * width) & (self.c_slot < hi * width)
+        cut = [None if x is None else x[lo:hi] for x in (self.user, self.v_position, self.c_position)]
+        return HistoryBatch(self.v_video[lo:hi], self.v_comment[lo:hi], self.c_video[lo:hi], self.c_comment[keep],
+                            self.c_slot[keep] - lo * width, self.target[lo:hi], *cut)
+
 
 @dataclass
 class RecBatch:

@@ -1,13 +1,13 @@
 """Evaluate any scorer on a split under the sampled and the full-ranking protocol.
 
-A *scorer* answers two questions (popularity, random, a fine-tuned SR, ...)::
+A *scorer* (a fitted :class:`~lsvcr.models.baseline.Baseline` or a fine-tuned
+:class:`~lsvcr.models.recommender.Recommender`) answers three questions::
 
     score_videos(history: HistoryBatch, candidates: LongTensor[B, K] | None) -> Tensor[B, K]
         (candidates None = every video: returns [B, V+1], column 0 = padding, ignored)
+    rank_videos(history: HistoryBatch) -> LongTensor[B]
+        (the full-ranking rank of each target among every video: the full protocol's)
     score_comments(history: HistoryBatch, candidates: LongTensor[B, K]) -> Tensor[B, K]
-
-and may add ``rank_videos(history) -> LongTensor[B]`` (the full-ranking rank of each target), which
-the full protocol then uses instead of scoring every video into one matrix.
 
 What is ranked is the task's: the evaluator takes a task object (:mod:`lsvcr.tasks`) whose
 ``ranking`` (:class:`VideoRanking`, :class:`CommentRanking`) draws the candidates and ranks them.
@@ -37,12 +37,12 @@ from lsvcr.utils.loggers import is_rank_zero
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("sampled", "full")
-# cap on the scores one full-ranking chunk materialises ([rows, V+1] floats)
-_FULL_CHUNK_ELEMS = 1 << 25
 
 
 class Scorer(Protocol):
     def score_videos(self, history: HistoryBatch, candidates: torch.Tensor | None) -> torch.Tensor: ...
+
+    def rank_videos(self, history: HistoryBatch) -> torch.Tensor: ...
 
     def score_comments(self, history: HistoryBatch, candidates: torch.Tensor) -> torch.Tensor: ...
 
@@ -54,7 +54,7 @@ class Ranking(Protocol):
                    cfg: "EvalConfig", seed: int) -> tuple[np.ndarray | None, np.ndarray | None]: ...
 
     def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None, labels: np.ndarray | None,
-              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class EvalTask(Protocol):
@@ -133,7 +133,7 @@ class Evaluator:
                 idx = rows[lo: lo + self.cfg.batch_size]
                 history = self.gatherer(samples, idx).to(self.device)
                 cands, labels = ranking.candidates(self.ds, samples, idx, protocol, self.cfg, seed)
-                ranks, num_pos = ranking.ranks(scorer, history, cands, labels, self.ds.num_videos, self.device)
+                ranks, num_pos = ranking.ranks(scorer, history, cands, labels, self.device)
                 metrics[""].update(ranks, num_pos)
                 for name, mask in self._slices(samples, idx).items():
                     metrics[name].update(ranks[mask], num_pos[mask])
@@ -157,23 +157,13 @@ class VideoRanking:
                                        seed, rows=idx), None
 
     def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray | None, labels: None,
-              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if cands is not None:
             c = torch.from_numpy(cands).to(device)
             scores = scorer.score_videos(history, c).float()
             ranks = ranks_single(scores, torch.zeros(len(c), dtype=torch.long, device=device), c > 0)
-        elif hasattr(scorer, "rank_videos"):  # fused scoring + counting, no [B, V+1] score matrix
-            ranks = scorer.rank_videos(history)
         else:
-            step = max(1, _FULL_CHUNK_ELEMS // (num_videos + 1))
-            parts = []
-            for lo in range(0, len(history.target), step):
-                sub = _slice_history(history, lo, lo + step)
-                scores = scorer.score_videos(sub, None).float()
-                valid = torch.ones_like(scores, dtype=torch.bool)
-                valid[:, 0] = False
-                parts.append(ranks_single(scores, sub.target, valid))
-            ranks = torch.cat(parts)
+            ranks = scorer.rank_videos(history)
         return ranks[:, None], torch.ones_like(ranks)
 
 
@@ -189,20 +179,10 @@ class CommentRanking:
             cfg.comm_max_candidates if protocol == "sampled" else None, seed, rows=idx)
 
     def ranks(self, scorer: Scorer, history: HistoryBatch, cands: np.ndarray, labels: np.ndarray,
-              num_videos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         c, lab = torch.from_numpy(cands).to(device), torch.from_numpy(labels).to(device)
         scores = scorer.score_comments(history, c).float()
         return ranks_multi(scores, lab, c > 0), lab.sum(1)
-
-
-def _slice_history(h: HistoryBatch, lo: int, hi: int) -> HistoryBatch:
-    """Rows ``lo:hi`` of a history batch (the flat comment list is filtered by slot)."""
-    if lo == 0 and hi >= len(h.target):
-        return h
-    width = h.c_video.shape[1]
-    keep = (h.c_slot >= lo * width) & (h.c_slot < hi * width)
-    return HistoryBatch(h.v_video[lo:hi], h.v_comment[lo:hi], h.c_video[lo:hi], h.c_comment[keep],
-                        h.c_slot[keep] - lo * width, h.target[lo:hi], None if h.user is None else h.user[lo:hi])
 
 
 def format_table(rows: dict[str, dict[str, float]], keys: list[str] | None = None) -> str:

@@ -7,9 +7,10 @@ import torch
 
 from lsvcr.data.batch import HistoryBatch
 from lsvcr.data.store import PreparedDataset
+from lsvcr.models.baseline import Baseline
 
 
-class Popularity:
+class Popularity(Baseline):
     """Videos by their number of training-sample targets; comments by their number of training
     interactions (likes/replies). Ties are ranked pessimistically by the evaluator, so the many
     never-seen items are not rewarded."""
@@ -17,6 +18,7 @@ class Popularity:
     name = "popularity"
 
     def fit(self, ds: PreparedDataset) -> "Popularity":
+        self.num_videos = ds.num_videos
         rec = ds.samples("rec", "train")
         self.video_score = torch.from_numpy(
             np.bincount(np.asarray(rec.target), minlength=ds.num_videos + 1).astype(np.float32))

@@ -6,9 +6,10 @@ import torch
 
 from lsvcr.data.batch import HistoryBatch
 from lsvcr.data.store import PreparedDataset
+from lsvcr.models.baseline import Baseline
 
 
-class RandomScorer:
+class RandomScorer(Baseline):
     """I.i.d. uniform scores from a seeded generator (same seed -> same scores)."""
 
     name = "random"

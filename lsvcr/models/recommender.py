@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from lsvcr.data.batch import CommRankBatch, HistoryBatch, RecBatch, SequenceBatch
-from lsvcr.metrics.ranking import full_ranks
 from lsvcr.models.sr.inputs import SRInputs, lookup_inputs, lookup_rows
 from lsvcr.models.sr.layers import SequentialRecommender
+from lsvcr.utils.ranks import full_ranks
 
 
 class Recommender(nn.Module):
@@ -98,7 +98,7 @@ class Recommender(nn.Module):
     def rank_videos(self, history: HistoryBatch) -> Tensor:
         """``[B]`` full-ranking rank of each row's target among every video (row 0, padding,
         excluded): ``ranks_single(score_videos(history, None), target, columns >= 1)`` without the
-        ``[B, V+1]`` score matrix (:func:`~lsvcr.metrics.ranking.full_ranks`)."""
+        ``[B, V+1]`` score matrix (:func:`~lsvcr.utils.ranks.full_ranks`)."""
         user = self.sr.video_user(self.inputs(history))
         return full_ranks(user / self.sr.temperature, self.all_videos(), history.target, first=1)
 

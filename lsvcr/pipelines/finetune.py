@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -35,6 +36,7 @@ from lsvcr.errors import ConfigError
 from lsvcr.losses.recommend import FinetuneLoss
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.models.recommender import Recommender
+from lsvcr.models.sr.layers import SequentialRecommender
 from lsvcr.pipelines.common import build, eval_config, load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.tasks import Task, TrainSpec, build_task
 from lsvcr.utils.loggers import is_rank_zero
@@ -51,8 +53,16 @@ _MODEL_KEYS = ("seed", "model", "embed", "finetune")
 
 
 def is_trainable(sr_cfg: DictConfig) -> bool:
-    """Whether a ``model/sr`` node is an SR that ``stage=finetune`` trains (not a fitted baseline)."""
-    return "_target_" in sr_cfg and not sr_cfg._target_.startswith(("lsvcr.models.popularity", "lsvcr.models.random"))
+    """Whether a ``model/sr`` node builds an SR that ``stage=finetune`` trains (a
+    :class:`~lsvcr.models.sr.layers.SequentialRecommender`), not a fitted
+    :class:`~lsvcr.models.baseline.Baseline`."""
+    if "_target_" not in sr_cfg:
+        return False
+    try:
+        cls = get_class(sr_cfg._target_)
+    except Exception as e:  # an unknown class: one clear error here, not Hydra's chain later
+        raise ConfigError(f"model.sr._target_={sr_cfg._target_}: {str(e).splitlines()[0]}") from None
+    return isinstance(cls, type) and issubclass(cls, SequentialRecommender)
 
 
 def build_recommender(cfg: DictConfig, ds, task: Task) -> Recommender:
