@@ -8,6 +8,9 @@ Static counts, from the AST of every module under ``lsvcr/``:
   layers of :data:`LAYERS` (a module may import its own layer and the ones below);
 - imports of another module's private name (``from x import _y``);
 - import cycles between modules (strongly connected components of the import graph);
+- imports between stages: a stage's module (the ``stage._target_`` of a ``conf/stage/*.yaml``)
+  importing another stage's module, or a module of its own (``pipelines/align_engine.py`` is
+  ``stage=align``'s) importing another stage's; stages share code through non-stage modules;
 - task-name branches: comparisons of a name containing ``task`` (or a ``TASKS`` constant) against
   string literals, e.g. ``if task == "rec"``, ``cfg.task.name in ("rec", "joint")``;
 - files over 400 lines and the longest functions.
@@ -99,6 +102,25 @@ def imports(mods: dict[str, tuple[Path, ast.Module]]) -> list[Import]:
                 found += [Import(mod, a.name, (), node.lineno) for a in node.names
                           if a.name.split(".")[0] == mod.split(".")[0]]
     return found
+
+
+def stage_modules(conf: Path = REPO / "conf" / "stage") -> dict[str, str]:
+    """Stage name -> the module of its ``stage._target_`` (read from the YAML text, no Hydra)."""
+    out = {}
+    for path in sorted(conf.glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            key, _, value = line.strip().partition(":")
+            if key == "_target_" and value.strip().startswith("lsvcr.pipelines."):
+                out[path.stem] = value.strip().rsplit(".", 1)[0]
+    return out
+
+
+def stage_imports(found: list[Import], stages: dict[str, str]) -> list[Import]:
+    """Imports from one stage's modules (its module, and ``<module>_*`` beside it) of another stage's."""
+    def owner(module: str) -> str | None:
+        return next((s for s, m in stages.items() if module == m or module.startswith(m + "_")), None)
+
+    return [i for i in found if owner(i.target) and owner(i.module) and owner(i.target) != owner(i.module)]
 
 
 def layering_violations(found: list[Import]) -> list[Import]:
@@ -257,6 +279,10 @@ def main() -> None:
     print(f"import cycles: {len(cycles)}")
     for c in cycles if args.verbose else []:
         print("  " + " <-> ".join(c))
+    between = stage_imports(found, stage_modules())
+    print(f"imports between stages: {len(between)}")
+    for i in between if args.verbose else []:
+        print(f"  {i.module}:{i.line} -> {i.target}")
     print(f"task-name branches: {len(branches)} in {len({m for m, _, _ in branches})} modules")
     for m, line, text in branches if args.verbose else []:
         print(f"  {m}:{line}: {text}")

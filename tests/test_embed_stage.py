@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.table_files import TABLES_MANIFEST
 from lsvcr.errors import ConfigError
-from lsvcr.pipelines.embed import dataset_texts, ensure_tables, tables_dir
+from lsvcr.pipelines.tables import ensure_tables, tables_dir
 
 pytestmark = pytest.mark.slow
 # a small world and short texts keep the tiny LM's encoding to a second or two
@@ -65,7 +65,8 @@ def test_second_run_reuses_tables_whatever_the_batch_size(embedded):
     assert list((ds.root / "embeddings").iterdir()) == [tables]
     assert {p.name: p.stat().st_mtime_ns for p in tables.iterdir()} == mtimes
 
-    video, comment, manifest = ensure_tables(compose_cfg("embed.batch_size=7"), ds)
+    reused = ensure_tables(compose_cfg("embed.batch_size=7"), ds)
+    video, comment, manifest = reused.video, reused.comment, reused.manifest
     assert isinstance(video, np.memmap) and Path(video.filename) == tables / "videos.npy"
     np.testing.assert_array_equal(video, np.load(tables / "videos.npy"))
     np.testing.assert_array_equal(comment, np.load(tables / "comments.npy"))
@@ -86,7 +87,7 @@ def test_runs_started_together_build_the_tables_once(embedded):
     assert sum("text tables: reusing" in text for text in logs) == 2
     tables = tables_dir(compose_cfg("embed.max_length=12"), ds)
     assert sorted(p.name for p in tables.iterdir()) == [".build.lock", "comments.npy", TABLES_MANIFEST, "videos.npy"]
-    video, _, _ = ensure_tables(compose_cfg("embed.max_length=12"), ds)
+    video = ensure_tables(compose_cfg("embed.max_length=12"), ds).video
     assert np.isfinite(video).all() and not video[0].any() and np.abs(video[1:]).sum(axis=1).min() > 0
 
 
@@ -104,8 +105,8 @@ def test_mlp_seed_lets_a_seed_sweep_share_one_set_of_tables(embedded):
     # an un-aligned run's llm_emb_mlp is random: drawn from embed.mlp_seed when set, else from seed
     _, ds, tables = embedded
     assert tables_dir(compose_cfg("seed=5", "embed.mlp_seed=2024"), ds) == tables  # the default run: seed 2024
-    drawn, _, _ = ensure_tables(compose_cfg("seed=1"), ds)
-    fixed, _, _ = ensure_tables(compose_cfg("seed=7", "embed.mlp_seed=1"), ds)
+    drawn = ensure_tables(compose_cfg("seed=1"), ds).video
+    fixed = ensure_tables(compose_cfg("seed=7", "embed.mlp_seed=1"), ds).video
     assert Path(fixed.filename) == Path(drawn.filename)  # reused, not built again
     assert not np.allclose(drawn, np.load(tables / "videos.npy"))  # another seed draws another projection
     with pytest.raises(ConfigError, match=r"embed.mlp_seed=-1: expected an int >= 0 or null"):
@@ -127,6 +128,6 @@ def test_init_from_without_alignment_run_is_a_config_error(embedded, tmp_path):
 def test_tokenizer_texts_interleave_titles_and_comments(embedded):
     _, ds, _ = embedded
     titles, comments = ds.video_titles().to_pylist(), ds.comment_texts().to_pylist()
-    texts = list(dataset_texts(ds))
+    texts = list(ds.texts())
     assert texts[:6] == [titles[0], comments[0], titles[1], comments[1], titles[2], comments[2]]
     assert sorted(texts) == sorted(titles + comments)

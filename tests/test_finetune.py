@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
 
     from conftest import REPO
     from lsvcr.pipelines.common import load_dataset
-    from lsvcr.pipelines.finetune import build_recommender
+    from lsvcr.pipelines.checkpoint import build_recommender
     from lsvcr.tasks import build_task
 
     common = ["stage=finetune", "task=rec", "model/sr=sasrec", *FAST, "finetune.eval_initial=false",

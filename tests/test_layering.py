@@ -3,7 +3,7 @@
 A module may import its own layer and the ones below it (``experiments/architecture.py``'s
 ``LAYERS``, which also places ``lsvcr.errors``, ``lsvcr.utils``, ``lsvcr.distributed`` under
 everything and the command line above it); no module imports another's private names; no two
-modules import each other, even through a lazy import inside a function.
+modules import each other, even through a lazy import inside a function; no stage imports another.
 """
 
 from __future__ import annotations
@@ -47,6 +47,19 @@ def test_no_module_imports_a_private_name_of_another(arch, found):
 
 def test_no_import_cycles(arch, found):
     assert arch.import_cycles(found) == []
+
+
+def test_stages_never_import_each_other(arch, found):
+    """A stage shares code through non-stage modules (pipelines.checkpoint, pipelines.tables, ...)."""
+    stages = arch.stage_modules()
+    assert set(stages) >= {"prepare", "embed", "finetune", "evaluate", "align", "pipeline"}
+    assert [f"{i.module}:{i.line} -> {i.target}" for i in arch.stage_imports(found, stages)] == []
+    # the check sees a stage's helper module importing another stage, and a lazy import too
+    planted = [arch.Import("lsvcr.pipelines.align_engine", "lsvcr.pipelines.embed", ("x",), 1),
+               arch.Import("lsvcr.pipelines.finetune", "lsvcr.pipelines.align_eval", ("y",), 2),
+               arch.Import("lsvcr.pipelines.finetune", "lsvcr.pipelines.checkpoint", ("z",), 3)]
+    assert [(i.module, i.target) for i in arch.stage_imports(planted, stages)] == [
+        ("lsvcr.pipelines.align_engine", "lsvcr.pipelines.embed"), ("lsvcr.pipelines.finetune", "lsvcr.pipelines.align_eval")]
 
 
 def test_the_checks_find_what_they_look_for(arch, tmp_path):

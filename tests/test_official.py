@@ -409,7 +409,7 @@ def test_finetune_and_evaluate_read_the_imported_tables_without_an_embed_stage(t
     from hydra import compose, initialize_config_dir
 
     from lsvcr.pipelines.common import load_dataset
-    from lsvcr.pipelines.finetune import build_recommender
+    from lsvcr.pipelines.checkpoint import build_recommender
     from lsvcr.tasks import build_task
 
     overrides = [*fit, *args, f"paths.output_dir={tmp_path}", "paths.run_dir=/unused"]

@@ -8,7 +8,7 @@ memory-mapped; the reader checks their shapes, and when the dataset is written t
 reordered to the prepared indices (items the reader or validation dropped lose their rows) into
 ``<prepared dataset>/embeddings/imported/{videos,comments}.npy`` with an ``embed_manifest.json``:
 the layout ``stage=embed`` writes, which ``stage=finetune`` and ``stage=evaluate`` then read
-instead of encoding texts (:func:`lsvcr.pipelines.embed.ensure_tables`). A NaN or Inf row is an
+instead of encoding texts (:func:`lsvcr.models.llm.table_cache.ensure_tables`). A NaN or Inf row is an
 error naming the file, row and id (it is not zeroed).
 """
 

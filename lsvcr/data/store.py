@@ -30,6 +30,7 @@ until rows are touched.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -182,6 +183,22 @@ class PreparedDataset:
     def comment_texts(self) -> pa.StringArray:
         """Texts; element i is comment i+1's text."""
         return pq.read_table(self.root / "comments.parquet", columns=["text"], memory_map=True)["text"].combine_chunks()
+
+    def texts(self, chunk: int = 4096) -> Iterator[str]:
+        """Titles and comments interleaved (title 1, comment 1, title 2, ...), then the longer list's rest.
+
+        Interleaved because a tokenizer trained on the first ``max_texts`` must see both kinds even
+        when comments outnumber titles 200 to 1. Read in chunks, so stopping early reads little.
+        """
+        titles, comments = self.video_titles(), self.comment_texts()
+        for start in range(0, max(len(titles), len(comments)), chunk):
+            t = titles.slice(start, chunk).to_pylist()
+            c = comments.slice(start, chunk).to_pylist()
+            for i in range(max(len(t), len(c))):
+                if i < len(t):
+                    yield t[i]
+                if i < len(c):
+                    yield c[i]
 
     def raw_ids(self, kind: str) -> pa.Array:
         """Original ids of ``kind`` in {"users", "videos", "comments"}; element i is index i+1."""

@@ -84,8 +84,8 @@ from lsvcr.pipelines.align_engine import (
     lora_lr_scale,
 )
 from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
-from lsvcr.pipelines.embed import dataset_texts, llm_workdir
 from lsvcr.pipelines.handover import CKPT_DIR
+from lsvcr.pipelines.tables import llm_workdir
 from lsvcr.tasks import build_task
 from lsvcr.utils.loggers import is_rank_zero
 
@@ -122,7 +122,7 @@ def build_llm(cfg: DictConfig, ds) -> LLMBundle:
     """``model/llm`` on ``ds`` with the embed stage's tokenizer directory (one tokenizer for both)."""
     spec = instantiate(cfg.model.llm)
     with distributed.rank_zero_first():  # rank 0 trains and saves the tiny tokenizer; the others reload it
-        return spec.build(lambda: dataset_texts(ds), llm_workdir(cfg, ds))
+        return spec.build(ds.texts, llm_workdir(cfg, ds))
 
 
 def _plan(cfg: DictConfig, samples: int, world: int) -> Plan:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from lsvcr.distributed import rank_zero_first
 from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import EvalConfig
 from lsvcr.tasks import Task
+from lsvcr.utils.hashing import short_hash
 from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
@@ -31,7 +31,7 @@ def data_fingerprint(data_cfg: DictConfig) -> str:
     """Short hash of everything in ``data`` that shapes the prepared files."""
     d = OmegaConf.to_container(data_cfg, resolve=True)
     d = {k: v for k, v in d.items() if k not in _LOAD_TIME_KEYS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return short_hash(d)
 
 
 def prepared_dir(cfg: DictConfig) -> Path:

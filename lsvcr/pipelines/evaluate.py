@@ -16,7 +16,7 @@ from lsvcr.data.history import HistoryGatherer
 from lsvcr.errors import ConfigError
 from lsvcr.metrics.evaluator import Evaluator, format_table
 from lsvcr.pipelines.common import build, eval_config, load_dataset, run_dir, start_logger, write_json
-from lsvcr.pipelines.finetune import checkpoint_meta, is_trainable, load_finetuned
+from lsvcr.pipelines.checkpoint import checkpoint_meta, is_trainable, load_finetuned
 from lsvcr.tasks import Task, build_task
 
 log = logging.getLogger("lsvcr")
