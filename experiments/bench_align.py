@@ -136,8 +136,10 @@ def timed_tokens(run_dir: Path, warmup: int, steps: int) -> TimedWork:
 
     from lsvcr.data.align_batch import AlignSamples
     from lsvcr.models.llm.text_table import PooledTextTable
-    from lsvcr.pipelines.align import AlignEpoch, Plan, _collator, _tasks
+    from lsvcr.pipelines.align_data import AlignEpoch, collator
+    from lsvcr.pipelines.align_engine import Plan
     from lsvcr.pipelines.common import load_dataset
+    from lsvcr.tasks import build_task
 
     ckpt = run_dir / "align"
     cfg = OmegaConf.load(ckpt / "config.yaml")
@@ -146,7 +148,8 @@ def timed_tokens(run_dir: Path, warmup: int, steps: int) -> TimedWork:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ds = load_dataset(cfg)
-    epoch = AlignEpoch(AlignSamples(ds, _tasks(cfg)).items, _collator(cfg, ds, tokenizer), plan, 0, int(cfg.seed), 0)
+    tasks = list(build_task(cfg.task).sample_sets)
+    epoch = AlignEpoch(AlignSamples(ds, tasks).items, collator(cfg, ds, tokenizer), plan, 0, int(cfg.seed), 0)
     refresh = cfg.align.get("text_table_refresh")
     table = PooledTextTable(int(refresh)) if refresh else None
     work = TimedWork(table=table is not None)

@@ -180,6 +180,8 @@ def synthetic_align_batch(args: argparse.Namespace, vocab: int, g: torch.Generat
 
 
 def alignment_check(args: argparse.Namespace, device: torch.device) -> dict:
+    from lsvcr.losses.align import AlignmentLoss
+
     model, config = build_alignment(args, device)
     llm_params = sum(p.numel() for p in model.llm.parameters())
     embedding = config.vocab_size * config.hidden_size  # tied: counted once
@@ -187,11 +189,12 @@ def alignment_check(args: argparse.Namespace, device: torch.device) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.0)
     batch = synthetic_align_batch(args, config.vocab_size, torch.Generator().manual_seed(args.seed)).to(device)
     model.train()
+    objective = AlignmentLoss()
     losses = []
 
     def step() -> None:
         with _autocast(device, True):
-            out = model(batch)
+            out = model(batch, objective)
         out["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

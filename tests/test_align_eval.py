@@ -23,13 +23,14 @@ from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
 from lsvcr.errors import ConfigError
-from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
+from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS, AlignmentLoss
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines import align_eval
 from lsvcr.pipelines.align_engine import AccelerateEngine, Plan
 from lsvcr.utils.loggers import JsonlLogger
 
 KEYS = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)
+LOSS = AlignmentLoss()  # the objective the engine passes into the model's forward
 TASKS = ["rec", "comm_rank"]
 MICRO, SAMPLES = 4, 18  # 18 val samples asked for: 4 batches of 4 are evaluated
 # SR and LoRA dropout stay on (0.1): a forward in train mode would not give the hand-computed values
@@ -102,7 +103,7 @@ def test_evaluation_equals_the_models_losses_on_the_val_batches(setup, world, bu
     model.eval()
     with torch.no_grad():
         for b in range(len(heldout.items) // MICRO):
-            out = model(hand(heldout.items[b * MICRO:(b + 1) * MICRO]))
+            out = model(hand(heldout.items[b * MICRO:(b + 1) * MICRO]), LOSS)
             for k in KEYS:
                 sums[k] += float(out[k])
     model.train()
@@ -112,10 +113,10 @@ def test_evaluation_equals_the_models_losses_on_the_val_batches(setup, world, bu
     assert got == align_eval.evaluate(engine, heldout)  # the same batches every time
     # not vacuous: in train mode (dropout) or on augmented views the same items give other losses
     with torch.no_grad():
-        train_mode = model(hand(heldout.items[:MICRO]))["loss"].item()
-        augmented = model(collator(ds, bundle, train=True)(heldout.items[:MICRO]))["loss"].item()
+        train_mode = model(hand(heldout.items[:MICRO]), LOSS)["loss"].item()
+        augmented = model(collator(ds, bundle, train=True)(heldout.items[:MICRO]), LOSS)["loss"].item()
         model.eval()
-        first = model(hand(heldout.items[:MICRO]))["loss"].item()
+        first = model(hand(heldout.items[:MICRO]), LOSS)["loss"].item()
         model.train()
     assert train_mode != first and augmented != first
 

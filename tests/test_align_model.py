@@ -18,7 +18,13 @@ from lsvcr.data.prompts import PromptBuilder
 from lsvcr.data.samples import SplitConfig
 from lsvcr.data.store import PreparedDataset
 from lsvcr.data.synthetic import SyntheticConfig, generate
-from lsvcr.losses.align import alignment_losses, global_mean, masked_behaviour_contrast, response_lm_loss
+from lsvcr.losses.align import (
+    AlignmentLoss,
+    alignment_losses,
+    global_mean,
+    masked_behaviour_contrast,
+    response_lm_loss,
+)
 from lsvcr.models.align import AlignmentModel, load_alignment, load_sr_for_finetune, save_alignment
 from lsvcr.models.llm.text_encoder import Standardizer
 from lsvcr.models.sr.lsvcr import LSVCR, SRReadouts
@@ -27,6 +33,7 @@ from conftest import TEST_TEMPLATES, spawn_workers
 
 TEMPLATES = TEST_TEMPLATES
 SR = dict(llm_emb_size=16, hidden_size=16, num_heads=2, inner_size=32, max_position=8)
+LOSS = AlignmentLoss()  # the objective the alignment stage passes into the model's forward
 
 
 def softplus(x: float) -> float:
@@ -198,7 +205,7 @@ def batch(world):
 def eval_losses(model, batch) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        return {k: v.item() for k, v in model(batch).items()}
+        return {k: v.item() for k, v in model(batch, LOSS).items()}
 
 
 def train_steps(model, batch, steps: int, lr: float = 1e-2) -> None:
@@ -206,7 +213,7 @@ def train_steps(model, batch, steps: int, lr: float = 1e-2) -> None:
     model.train()
     for _ in range(steps):
         opt.zero_grad()
-        model(batch)["loss"].backward()
+        model(batch, LOSS)["loss"].backward()
         opt.step()
 
 
@@ -224,7 +231,7 @@ def test_optimisation_reduces_total_loss(world, batch):
 
 def test_sr_gradients_reach_lora_through_the_text_encoder(world, batch):
     model = make_model(world).train()
-    model(batch)["rec_loss"].backward()  # the LLM reaches rec_loss only through the item texts
+    model(batch, LOSS)["rec_loss"].backward()  # the LLM reaches rec_loss only through the item texts
     lora = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora and any(g is not None and g.abs().sum() > 0 for g in lora)
     assert model.contrast_adapter.weight.grad is None
@@ -237,7 +244,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(world, batch):
         model = make_model(world, gradient_checkpointing=gc).train()
         assert model.llm.get_base_model().is_activation_checkpointing == gc
         torch.manual_seed(7)
-        model(batch)["loss"].backward()
+        model(batch, LOSS)["loss"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     # LoRA A gets no gradient while B is zero; B, the SR and the MLPs do
@@ -372,7 +379,7 @@ def make_quiet_model(world, **kw) -> AlignmentModel:
 def _loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)  # the SR's random positions (the batch carries none)
-    loss = model(batch)["loss"]
+    loss = model(batch, LOSS)["loss"]
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -405,7 +412,7 @@ def _rec_loss(model, batch) -> float:
     """The SR-side loss (the table's rows, the SR and llm_emb_mlp; no prompt), random positions seeded."""
     torch.manual_seed(7)
     with torch.no_grad():
-        return model(batch)["rec_loss"].item()
+        return model(batch, LOSS)["rec_loss"].item()
 
 
 def test_text_table_rows_are_computed_once_per_window_and_evaluation_encodes_live(world, batch):

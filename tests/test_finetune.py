@@ -143,3 +143,9 @@ def test_no_text_ablation_trains_on_ids_alone(tmp_path):
     assert not list(tmp_path.rglob("embeddings/*/videos.npy"))  # no text tables were built
     r = run_cli(["stage=finetune", "task=comm_rank", "experiment=lsvcr_no_text", *FAST], tmp_path, env=ENV)
     assert r.returncode == 2 and "use task=rec" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_tables_on_is_one_clear_error(tmp_path):
+    r = run_cli(["stage=finetune", "task=rec", "model/sr=lsvcr", *FAST, "finetune.tables_on=gpu"], tmp_path, env=ENV)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "finetune.tables_on=gpu: expected one of host, device" in r.stderr

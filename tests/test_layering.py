@@ -12,12 +12,8 @@ import pytest
 
 from conftest import load_experiment
 
-# The import against the layering still left: the alignment model computes its own losses. It goes
-# when the alignment losses run as the fine-tuning's do (lsvcr.losses.recommend: an objective
-# passed into the forward); this list may only shrink.
-KNOWN_VIOLATIONS = {
-    ("lsvcr.models.align", "lsvcr.losses.align"),
-}
+# Imports against the layering still left (none): this list may only shrink.
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from lsvcr.data.align_batch import TASK_IDS
+from lsvcr.data.align_batch import TASK_IDS, AlignBatch
 from lsvcr.losses.contrastive import batch_info_nce, behaviour_contrast, gather_rows, multi_process, symmetric_info_nce
+from lsvcr.models.align import AlignmentModel
 from lsvcr.models.sr.lsvcr import SRReadouts
 
 REC, COMM_RANK = TASK_IDS["rec"], TASK_IDS["comm_rank"]  # an AlignBatch row's task id
-#: the scalar losses of an alignment forward (``AlignmentModel.forward``: these and the diagnostics)
+#: the scalar losses of an alignment forward (:class:`AlignmentLoss`: these and the diagnostics)
 LOSS_KEYS = ("loss", "lm_loss", "rec_loss", "contrast_loss", "behaviour_loss", "llm_sr_loss")
 #: logged next to the losses (:func:`alignment_losses`): in-batch retrieval accuracy and representation collapse
 DIAGNOSTIC_KEYS = ("rec_top1", "llm_sr_top1", "sr_cosine", "llm_cosine")
@@ -148,3 +149,20 @@ def alignment_losses(
     return {"rec_loss": rec_loss, "behaviour_loss": behaviour, "llm_sr_loss": llm_sr, "contrast_loss": behaviour + llm_sr,
             "rec_top1": in_batch_top1(sr_repr, target_key, group), "llm_sr_top1": in_batch_top1(sr_repr, llm_repr, group),
             "sr_cosine": mean_pairwise_cosine(sr_repr, group), "llm_cosine": mean_pairwise_cosine(llm_repr, group)}
+
+
+class AlignmentLoss:
+    """The alignment objective of one batch, passed into ``AlignmentModel.forward``:
+    ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss`` (DESIGN section 4)
+    with the parts and diagnostics of :func:`alignment_losses`. The weights and the temperature are
+    the model's (``model.rec_weight``, ``model.contrast_weight``, ``model.temperature``): saved with
+    its checkpoint and changed on it by a loss warm-up (:mod:`lsvcr.losses.warmup`)."""
+
+    def __call__(self, model: AlignmentModel, batch: AlignBatch) -> dict[str, Tensor]:
+        r = model.representations(batch)
+        lm_loss = response_lm_loss(r.hidden, batch.labels, r.lm_head)
+        out = alignment_losses(r.llm_repr, r.readouts, r.target_key, batch.task, batch.has_comment_history,
+                               model.temperature)
+        out["lm_loss"] = lm_loss
+        out["loss"] = lm_loss + model.rec_weight * out["rec_loss"] + model.contrast_weight * out["contrast_loss"]
+        return out

@@ -9,7 +9,10 @@ One forward pass over an :class:`~lsvcr.data.align_batch.AlignBatch`:
    ``text_table_refresh``, the pooled states come from a :class:`PooledTextTable` of the LLM,
    refreshed every N optimizer steps, and only ``llm_emb_mlp`` learns through them);
 3. the SR (no ID embeddings, random positions) reads both histories from that table;
-4. ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss``.
+4. ``loss = lm_loss + rec_weight * rec_loss + contrast_weight * contrast_loss``: the objective
+   passed into :meth:`AlignmentModel.forward` (:class:`lsvcr.losses.align.AlignmentLoss`) computes
+   it from :meth:`AlignmentModel.representations`, with the model's weights and temperature (saved
+   with its checkpoint, and what a loss warm-up changes).
 
 With ``standardize`` (``align.standardize``; not in the paper) the pooled text states and the
 last-prompt-token states pass a :class:`Standardizer` each (``text_norm``, ``prompt_norm``) before
@@ -31,7 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +45,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from lsvcr.data.align_batch import AlignBatch
-from lsvcr.losses.align import alignment_losses, response_lm_loss
 from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, decoder_hidden_states, unwrap_peft
 from lsvcr.models.llm.text_table import PooledTextTable
 from lsvcr.models.sr.inputs import lookup_inputs
 from lsvcr.models.sr.layers import Dropout, init_weights
-from lsvcr.models.sr.lsvcr import LSVCR
+from lsvcr.models.sr.lsvcr import LSVCR, SRReadouts
 
 if TYPE_CHECKING:  # transformers is imported by whoever builds the bundle, not by this module
     from lsvcr.models.llm.loader import LLMBundle
@@ -90,6 +93,21 @@ def _enable_checkpointing(model: nn.Module) -> None:
 def _last_prompt_state(hidden: Tensor, last_prompt_index: Tensor) -> Tensor:
     """``hidden [B, T, H]`` at each row's last prompt token -> ``[B, H]``."""
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_prompt_index]
+
+
+@dataclass
+class AlignRepresentations:
+    """One batch through the alignment model: the LLM's hidden states over the prompts and its LM
+    head (for the response tokens' LM loss), the LLM user representation (``contrast_adapter`` of the
+    last prompt token; detached under ``llm_stop_gradient``), the SR's four read-outs over the
+    batch-local text table, and each sample's target key (rec: the target title; comm_rank: the
+    positive comment)."""
+
+    hidden: Tensor             # [B, T, H]
+    lm_head: nn.Module
+    llm_repr: Tensor           # [B, d]
+    readouts: SRReadouts
+    target_key: Tensor         # [B, d]
 
 
 class AlignmentModel(nn.Module):
@@ -237,17 +255,12 @@ class AlignmentModel(nn.Module):
         self.prompt_norm.fit(moments[0])
         self.text_encoder.text_norm.fit(moments[1])
 
-    def forward(self, batch: AlignBatch, moments: bool = False) -> dict[str, Tensor] | Tensor:
-        """Scalar losses: ``loss``, ``lm_loss``, ``rec_loss``, ``contrast_loss``, ``behaviour_loss``,
-        ``llm_sr_loss``; with ``moments``, :meth:`standardizer_moments` instead (so that it, too,
-        runs through the engine's wrapper: ZeRO-3 gathers the weights in the wrapper's forward)."""
-        if moments:
-            return self.standardizer_moments(batch)
+    def representations(self, batch: AlignBatch) -> AlignRepresentations:
+        """What the alignment losses of ``batch`` are computed from (:class:`AlignRepresentations`)."""
         hidden = decoder_hidden_states(self.llm, batch.input_ids, batch.attention_mask)  # [B, T, H]
         head = unwrap_peft(self.llm).get_output_embeddings()
         if head is None:
             raise ValueError("this causal LM exposes no output embeddings (get_output_embeddings() is None)")
-        lm_loss = response_lm_loss(hidden, batch.labels, head)
         llm_repr = self.llm_repr(hidden, batch.last_prompt_index)
         table = self.encode_items(batch.item_ids, batch.item_mask, batch.item_keys)  # [N + 1, E]
         readouts = self.sr.readouts(lookup_inputs(batch.history, table, table))
@@ -255,10 +268,20 @@ class AlignmentModel(nn.Module):
         target_key = self.sr.comment_repr(table[batch.target_row])
         if self.llm_stop_gradient:
             llm_repr = llm_repr.detach()
-        out = alignment_losses(llm_repr, readouts, target_key, batch.task, batch.has_comment_history, self.temperature)
-        out["lm_loss"] = lm_loss
-        out["loss"] = lm_loss + self.rec_weight * out["rec_loss"] + self.contrast_weight * out["contrast_loss"]
-        return out
+        return AlignRepresentations(hidden, head, llm_repr, readouts, target_key)
+
+    def forward(self, batch: AlignBatch, objective: Callable[..., dict[str, Tensor]] | None = None,
+                moments: bool = False) -> dict[str, Tensor] | Tensor:
+        """``objective(self, batch)``: the scalar losses of a batch, e.g.
+        :class:`lsvcr.losses.align.AlignmentLoss` (``loss``, ``lm_loss``, ``rec_loss``,
+        ``contrast_loss``, ``behaviour_loss``, ``llm_sr_loss`` and diagnostics); with ``moments``,
+        :meth:`standardizer_moments` instead. (A forward, not a helper method, so that it runs
+        through the engine's wrapper: DDP's gradient hooks, ZeRO-3's weight gathering.)"""
+        if moments:
+            return self.standardizer_moments(batch)
+        if objective is None:
+            raise ValueError("AlignmentModel.forward needs the objective, e.g. lsvcr.losses.align.AlignmentLoss()")
+        return objective(self, batch)
 
     def module_state_dict(self) -> dict[str, Tensor]:
         """The non-LLM weights, keys prefixed ``sr.``, ``llm_emb_mlp.``, ``contrast_adapter.`` (and the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -15,9 +16,25 @@ from lsvcr.models.sr.layers import SequentialRecommender
 from lsvcr.utils.ranks import full_ranks
 
 
+def frozen_table(array: np.ndarray) -> Tensor:
+    """A float32 CPU tensor of a text table: a float32 memory map (what
+    :func:`lsvcr.data.table_files.load_tables` returns) is wrapped, not copied, so every process on a
+    machine reads one copy of the file's pages; it is mapped copy-on-write, so nothing can write to
+    the file. Any other array is converted (a copy)."""
+    if isinstance(array, np.memmap) and array.dtype == np.float32 and array.flags.c_contiguous and array.filename:
+        return torch.from_numpy(np.memmap(array.filename, np.float32, "c", offset=array.offset, shape=array.shape))
+    return torch.from_numpy(np.array(array, np.float32))
+
+
 class Recommender(nn.Module):
-    """``sr`` plus the embed stage's text tables (non-persistent buffers: checkpoints hold only
-    trainable weights) and, for tables wider than the SR's input, the alignment's ``llm_emb_mlp``.
+    """``sr`` plus the embed stage's text tables and, for tables wider than the SR's input, the
+    alignment's ``llm_emb_mlp``.
+
+    The tables are plain attributes, not buffers or parameters: checkpoints hold only trainable
+    weights, ``model.to(device)`` and DDP leave them alone (nothing to broadcast), and a table in
+    host memory (:func:`frozen_table`, the memory-mapped file) is gathered from batch by batch, only
+    the rows a batch reads moving to its device. :meth:`place_tables` copies them to an
+    accelerator instead (faster lookups, the tables' size in each process's device memory).
 
     Args:
         sr: an :class:`~lsvcr.models.sr.layers.SequentialRecommender` (LSVCR, SASRec).
@@ -33,9 +50,16 @@ class Recommender(nn.Module):
             raise ValueError(f"{type(sr).__name__} reads text: pass both text tables")
         self.sr = sr
         self.projection = projection
-        self.register_buffer("video_table", video_table if sr.uses_text else None, persistent=False)
-        self.register_buffer("comment_table", comment_table if sr.uses_text else None, persistent=False)
+        self.video_table = video_table if sr.uses_text else None
+        self.comment_table = comment_table if sr.uses_text else None
         self._cache: dict[str, Tensor] = {}  # a dict: a Parameter set as attribute would register
+
+    def place_tables(self, device: torch.device | str) -> "Recommender":
+        """Copy the text tables to ``device`` (a no-op where they already are)."""
+        if self.video_table is not None:
+            self.video_table, self.comment_table = self.video_table.to(device), self.comment_table.to(device)
+        self._cache.clear()
+        return self
 
     def train(self, mode: bool = True) -> "Recommender":
         self._cache.clear()  # weights change in training: the cached table is stale
@@ -63,8 +87,10 @@ class Recommender(nn.Module):
         if "videos" in self._cache and not self.training:
             return self._cache["videos"]
         table = self.video_table
-        if table is not None and self.projection is not None:
-            table = self.projection(table)
+        if table is not None:
+            table = table.to(next(self.sr.parameters()).device)  # the whole table, once per weight update
+            if self.projection is not None:
+                table = self.projection(table)
         out = self.sr.video_table_repr(table)
         if not self.training:
             self._cache["videos"] = out.detach()

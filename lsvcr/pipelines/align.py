@@ -17,6 +17,11 @@ in-batch top-1 accuracy and representation collapse: ``DIAGNOSTIC_KEYS``),
 evaluations on val samples, :mod:`lsvcr.pipelines.align_eval`), and ``deepspeed_config.json`` under
 DeepSpeed.
 
+:class:`AlignRecipe` runs it in the torchtune manner, as ``stage=finetune`` does: ``setup`` (checks,
+data, LLM, engine, resume, standardisers, held-out set), ``train`` (the loop, with held-out
+evaluations and periodic checkpoints: :mod:`lsvcr.pipelines.align_checkpoint`), ``save`` (the final
+checkpoint and ``align.json``) and ``cleanup``; its data side is :mod:`lsvcr.pipelines.align_data`.
+
 Why an explicit loop and not the HF ``Trainer``: one step is a multi-part loss over a typed
 batch (prompts + a batch-local text table + histories) whose InfoNCE terms gather negatives from
 every rank, and every part is logged; the ``Trainer`` wants dict batches and one loss, and resuming
@@ -36,53 +41,33 @@ dropout the process count does not change a step either: 2 processes x micro-bat
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import resource
-import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lsvcr import distributed
-from lsvcr.data.align_batch import (
-    AlignCollator,
-    AlignSamples,
-    AugmentConfig,
-    SampleRandom,
-)
-from lsvcr.data.history import HistoryGatherer
-from lsvcr.data.prompts import PromptBuilder
+from lsvcr.data.align_batch import AlignCollator, AlignSamples
 from lsvcr.errors import ConfigError, checked_bool, checked_int
 from lsvcr.losses.align import DIAGNOSTIC_KEYS, LOSS_KEYS
 from lsvcr.losses.warmup import LossWarmup
-from lsvcr.models.align import (
-    TOKENIZER_DIR,
-    AlignmentModel,
-    load_alignment,
-    save_alignment,
-)
+from lsvcr.models.align import AlignmentModel, load_alignment
 from lsvcr.models.llm.loader import LLMBundle
-from lsvcr.models.llm.tokenizer import FINGERPRINT_FILE
+from lsvcr.models.sr.lsvcr import LSVCR
 from lsvcr.pipelines import align_eval
-from lsvcr.pipelines.align_engine import (
-    DS_DIR,
-    AccelerateEngine,
-    DeepSpeedEngine,
-    Engine,
-    Plan,
-    build_engine,
-    lora_lr_scale,
-)
+from lsvcr.pipelines.align_checkpoint import TrainState, load_trainer, resume_checkpoint, save_checkpoint
+from lsvcr.pipelines.align_data import AlignEpoch, collator, plan_steps, seed_step, unbatched
+from lsvcr.pipelines.align_engine import Engine, Plan, build_engine, lora_lr_scale
 from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.handover import CKPT_DIR
 from lsvcr.pipelines.tables import llm_workdir
@@ -91,15 +76,18 @@ from lsvcr.utils.loggers import is_rank_zero
 
 log = logging.getLogger("lsvcr")
 
-STATE_FILE = "trainer_state.json"
-
 
 # ---------------------------------------------------------------- config -> parts
 
 
 def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
     """``model/sr`` as LSVCR keyword arguments (the alignment model forces no IDs, random positions)."""
-    if cfg.model.sr.get("_target_") != "lsvcr.models.sr.lsvcr.LSVCR":
+    target = cfg.model.sr.get("_target_")
+    try:
+        cls = get_class(target) if target else None
+    except Exception:  # an unknown class: the same one clear error
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, LSVCR)):
         raise ConfigError(f"model/sr={cfg.model.sr.name}: the alignment stage trains LSVCR's SR; use model/sr=lsvcr")
     sr = OmegaConf.to_container(cfg.model.sr, resolve=True)
     longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
@@ -123,232 +111,6 @@ def build_llm(cfg: DictConfig, ds) -> LLMBundle:
     spec = instantiate(cfg.model.llm)
     with distributed.rank_zero_first():  # rank 0 trains and saves the tiny tokenizer; the others reload it
         return spec.build(ds.texts, llm_workdir(cfg, ds))
-
-
-def _plan(cfg: DictConfig, samples: int, world: int) -> Plan:
-    a = cfg.align
-    micro, accum = int(a.micro_batch_size), int(a.grad_accum)
-    if min(micro, accum, int(a.epochs), int(a.log_every), int(a.save_every or 1)) < 1:
-        raise ConfigError("align.micro_batch_size, grad_accum, epochs, log_every and save_every must be positive")
-    per_epoch = samples // (micro * accum * world)  # the incomplete last step of an epoch is dropped
-    if per_epoch == 0:
-        raise ConfigError(f"align: {samples} training samples are fewer than one optimizer step takes "
-                          f"({micro} x {accum} x {world} processes); lower align.micro_batch_size or align.grad_accum")
-    total = per_epoch * int(a.epochs)
-    if a.max_steps is not None:
-        total = min(total, int(a.max_steps))
-    return Plan(micro, accum, world, samples, per_epoch, total)
-
-
-class AlignEpoch(Dataset):
-    """One rank's micro-batches of one epoch: item ``b`` is micro-batch ``b`` as an ``AlignBatch``.
-
-    Global micro-batch ``b`` is ``order[b * micro * world : (b + 1) * micro * world]`` and rank ``r``
-    takes its ``r``-th slice, so the samples of an optimizer step do not depend on the process count.
-    Each sample's random draws come from ``(seed, epoch, its position in the order)``
-    (:class:`SampleRandom`), so any batch can be built alone and the process count changes none.
-    """
-
-    def __init__(self, items: np.ndarray, collator: AlignCollator, plan: Plan, rank: int, seed: int, epoch: int):
-        self.items, self.collator, self.plan = items, collator, plan
-        self.rank, self.seed, self.epoch = rank, seed, epoch
-        self.order = np.random.default_rng([seed, epoch]).permutation(len(items))
-
-    def __len__(self) -> int:
-        return self.plan.steps_per_epoch * self.plan.grad_accum
-
-    def __getitem__(self, b: int):
-        p = self.plan
-        start = (b * p.world + self.rank) * p.micro_batch_size
-        rng = SampleRandom([[self.seed, self.epoch, i] for i in range(start, start + p.micro_batch_size)])
-        items = self.items[self.order[start:start + p.micro_batch_size]]
-        return self.collator.encode(self.collator.views(items, rng), rng)
-
-
-def _unbatched(x):
-    return x
-
-
-def _collator(cfg: DictConfig, ds, tokenizer, split: str = "train", train: bool = True) -> AlignCollator:
-    """The training collator, or (``train=False``) the deterministic one of the held-out evaluation."""
-    a = cfg.align
-    try:
-        prompts = PromptBuilder(OmegaConf.to_container(cfg.prompts, resolve=True), tokenizer,
-                                a.max_prompt_tokens, a.max_response_tokens)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    gatherer = HistoryGatherer(ds, cfg.data.max_phis_len, cfg.data.max_chis_len)
-    aug = AugmentConfig(**OmegaConf.to_container(a.augment, resolve=True))
-    return AlignCollator(ds, gatherer, prompts, cfg.embed.max_length, aug, seed=int(cfg.seed), split=split,
-                         train=train, max_item_comments=int(a.max_item_comments),
-                         max_position=int(cfg.model.sr.max_position))
-
-
-def _seed_step(seed: int, epoch: int, micro: int, rank: int) -> None:
-    """Dropout of one micro-batch: the same in a resumed run."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, micro, rank]).generate_state(1)[0]))
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    losses: list | None = None  # one entry per logged step
-    evals: list | None = None  # one entry per held-out evaluation
-
-
-def _save(path: Path, r: _Run) -> None:
-    """A resumable checkpoint in ``path`` (every rank calls: DeepSpeed saves its shards collectively)."""
-    core = r.engine.module()
-    with r.engine.gathered(), r.final_losses():
-        if is_rank_zero():
-            save_alignment(core, path)
-            stamp = r.workdir / "tokenizer" / FINGERPRINT_FILE  # marks a trained tiny tokenizer as loadable
-            if stamp.exists():
-                shutil.copy2(stamp, path / TOKENIZER_DIR / FINGERPRINT_FILE)
-            (path / "config.yaml").write_text(OmegaConf.to_yaml(r.cfg, resolve=True))
-            (path / STATE_FILE).write_text(json.dumps({**asdict(r.state), "plan": asdict(r.plan)}, indent=1))
-            if core.text_table is not None:  # the same on every process (they exchange their rows)
-                core.text_table.save(path)
-    r.engine.save_trainer(path)
-    distributed.barrier()
-
-
-def _step_of(path: Path) -> int:
-    return json.loads((path / STATE_FILE).read_text())["step"]
-
-
-def resume_checkpoint(resume: str) -> Path:
-    """``align.resume``: a checkpoint directory, or a run directory (its latest checkpoint)."""
-    path = Path(str(resume)).expanduser().resolve()
-    if (path / STATE_FILE).exists():
-        return path
-    found = [p for p in [path / CKPT_DIR, *path.glob(f"{CKPT_DIR}_step*")] if (p / STATE_FILE).exists()]
-    if not found:
-        raise ConfigError(f"align.resume={path}: no checkpoint ({STATE_FILE}) in it, in {CKPT_DIR}/ or in "
-                          f"{CKPT_DIR}_step*/")
-    return max(found, key=_step_of)
-
-
-def _load_trainer(ckpt: Path, engine: Engine, plan: Plan) -> TrainState:
-    saved = json.loads((ckpt / STATE_FILE).read_text())
-    old = Plan(**saved["plan"])
-    if old.samples_per_step != plan.samples_per_step or old.samples != plan.samples:
-        raise ConfigError(f"align.resume={ckpt}: it took {old.samples_per_step} of {old.samples} samples per step, "
-                          f"this run {plan.samples_per_step} of {plan.samples}; resume with the same batch sizes, "
-                          "processes and data")
-    if old.total_steps != plan.total_steps:
-        log.warning("align.resume=%s: it planned %d optimizer steps, this run %d (align.max_steps or align.epochs "
-                    "changed): the learning-rate schedule is re-planned, so this run will not equal an "
-                    "uninterrupted run of either length", ckpt, old.total_steps, plan.total_steps)
-    saved_by = DeepSpeedEngine.name if (ckpt / DS_DIR).is_dir() else AccelerateEngine.name
-    if saved_by != engine.name:
-        raise ConfigError(f"align.resume={ckpt}: it was written under {saved_by}, this run uses {engine.name}; "
-                          "resume with the hardware that wrote it")
-    engine.load_trainer(ckpt)
-    log.info("resumed %s at step %d of %d", ckpt, saved["step"], plan.total_steps)
-    return TrainState(step=int(saved["step"]), losses=list(saved.get("losses") or []),
-                      evals=list(saved.get("evals") or []))
-
-
-# ---------------------------------------------------------------- training
-
-
-@dataclass
-class _Run:
-    """What the training loop works on."""
-
-    cfg: DictConfig
-    path: Path
-    workdir: Path
-    engine: Engine
-    plan: Plan
-    items: np.ndarray
-    collator: AlignCollator
-    logger: object
-    state: TrainState
-    eval_cfg: align_eval.EvalSettings
-    heldout: align_eval.HeldOut | None  # None: no held-out evaluation
-    warmup: LossWarmup | None = None  # align.loss_warmup_steps; None = the paper's fixed values
-    eval_seconds: float = 0.0
-
-    def final_losses(self):
-        """The loss settings' final values inside the block (evaluation, saving) while a warm-up runs."""
-        return self.warmup.final(self.engine.module()) if self.warmup else contextlib.nullcontext()
-
-
-def _train(r: _Run) -> None:
-    a, eng, plan, state = r.cfg.align, r.engine, r.plan, r.state
-    window, count = defaultdict(float), 0
-    bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
-    eng.model.train()
-    table = eng.module().text_table  # align.text_table_refresh; None = the paper's step
-    if r.heldout and r.eval_cfg.initial and state.step == 0:
-        _evaluate(r)
-    while state.step < plan.total_steps:
-        epoch, done = divmod(state.step, plan.steps_per_epoch)
-        data = AlignEpoch(r.items, r.collator, plan, eng.rank, int(r.cfg.seed), epoch)
-        first = done * plan.grad_accum  # a resumed run starts at its step's first micro-batch
-        loader = DataLoader(data, batch_size=None, sampler=range(first, len(data)), collate_fn=_unbatched,
-                            num_workers=int(a.num_workers))
-        for micro, batch in zip(range(first, len(data)), loader):
-            _seed_step(int(r.cfg.seed), epoch, micro, eng.rank)
-            if table is not None:
-                table.at_step(state.step)
-            if r.warmup is not None:
-                r.warmup.apply(eng.module(), state.step)
-            out, stepped = eng.micro_step(batch)
-            for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS):
-                window[k] += float(out[k].detach())
-            count += 1
-            if not stepped:
-                continue
-            state.step += 1
-            bar.update(1)
-            if state.step % int(a.log_every) == 0 or state.step == plan.total_steps:
-                entry = _log_window(r, window, count, epoch)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                window, count = defaultdict(float), 0
-            if r.heldout and r.eval_cfg.every and state.step % r.eval_cfg.every == 0:
-                _evaluate(r)
-            if a.save_every and state.step % int(a.save_every) == 0 and state.step < plan.total_steps:
-                _save(r.path / f"{CKPT_DIR}_step{state.step}", r)
-            if state.step >= plan.total_steps:
-                break
-    bar.close()
-    if r.heldout and not (state.evals and state.evals[-1]["step"] == state.step):
-        _evaluate(r)  # the final weights are always evaluated
-
-
-def _log_window(r: _Run, window: dict, count: int, epoch: int) -> dict:
-    """Average the window's losses over its micro-batches and all ranks; log and record them."""
-    keys = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)
-    means = torch.tensor([window[k] / max(count, 1) for k in keys], device=r.engine.device)
-    means = r.engine.mean(means)
-    entry = {"step": r.state.step, "epoch": epoch, "lr": r.engine.lr()}
-    entry |= {k: round(float(v), 6) for k, v in zip(keys, means.tolist())}
-    if r.engine.grad_norm is not None:
-        entry["grad_norm"] = round(float(r.engine.grad_norm), 6)
-    if r.warmup is not None:  # the values the window's last step trained with
-        core = r.engine.module()
-        entry |= {"temperature": round(core.temperature, 6), "contrast_weight": round(core.contrast_weight, 6)}
-    r.state.losses.append(entry)
-    r.logger.log({f"train/{k}" if k in keys else k: v for k, v in entry.items() if k != "step"}, step=r.state.step)
-    log.info("step %d/%d: %s", r.state.step, r.plan.total_steps,
-             ", ".join(f"{k} {entry[k]:.4f}" for k in keys))
-    return entry
-
-
-def _evaluate(r: _Run) -> None:
-    """A held-out evaluation at the current step (every rank; :mod:`lsvcr.pipelines.align_eval`)."""
-    t0 = time.perf_counter()
-    with r.final_losses():
-        values = align_eval.evaluate(r.engine, r.heldout)
-    entry = align_eval.record(values, r.state.step, r.plan.total_steps, r.heldout, r.eval_cfg, r.path, r.logger)
-    r.state.evals.append(entry)
-    r.eval_seconds += time.perf_counter() - t0
 
 
 def _speed_settings(cfg: DictConfig) -> dict:
@@ -427,65 +189,184 @@ def _fit_standardizers(cfg: DictConfig, n: int, engine: Engine, plan: Plan, item
              int(total[1, -1]), time.perf_counter() - t0)
 
 
+# ---------------------------------------------------------------- the recipe
+
+
+class AlignRecipe:
+    """One alignment run of ``cfg``: :meth:`setup`, :meth:`train`, :meth:`save`, :meth:`cleanup`
+    (:func:`run` calls them in that order; the held-out evaluation, :meth:`evaluate`, runs inside
+    :meth:`train` every ``align.eval_every`` steps and on the final weights)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.logger = None
+        self.eval_seconds = 0.0
+
+    def setup(self) -> None:
+        """Every setting checked before any work; then the data, LLM, model and engine, a resumed
+        checkpoint's state, the standardisers' statistics and the held-out set."""
+        cfg = self.cfg
+        task = build_task(cfg.task)
+        task.check_stage("align", "stage=align trains on task=joint, rec or comm_rank")
+        tasks = self.tasks = list(task.sample_sets)
+        self.eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
+        _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
+        standardize = _standardize_samples(cfg)  # and align.standardize
+        lora_lr_scale(cfg)  # and align.lora_lr_scale
+        _llm_stop_gradient(cfg)  # and align.llm_stop_gradient
+        self.warmup = _loss_warmup(cfg)  # and the warm-up keys
+        _sr_config(cfg, 0)  # a wrong model/sr fails before any work
+        _check_causal(cfg)  # so does an encoder-only model/llm
+        path = self.path = run_dir(cfg)
+        ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
+        require_comments(cfg, ds, task)
+        bundle = self.bundle = build_llm(cfg, ds)
+        self.workdir = llm_workdir(cfg, ds)
+        self.items = AlignSamples(ds, tasks).items
+        plan = self.plan = plan_steps(cfg, len(self.items), distributed.rank_and_world()[1])
+        ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
+        engine = self.engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
+        self.state = load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
+        if ckpt is not None and engine.module().standardize != (standardize is not None):
+            raise ConfigError(f"align.resume={ckpt}: it was written {'with' if engine.module().standardize else 'without'} "
+                              f"standardisers, this run has align.standardize={standardize}; resume with the setting "
+                              "it was written with")
+        if ckpt is None and standardize is not None:
+            _fit_standardizers(cfg, standardize, engine, plan, self.items, collator(cfg, ds, bundle.tokenizer, train=False))
+        table = engine.module().text_table
+        if ckpt and table is not None:
+            try:
+                table.load(ckpt)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"align.resume: {e}") from None
+        self.heldout = align_eval.build_heldout(self.eval_cfg, AlignSamples(ds, tasks, "val").items,
+                                                collator(cfg, ds, bundle.tokenizer, split="val", train=False),
+                                                plan.micro_batch_size, plan.world, engine.rank, int(cfg.seed), tasks)
+        if self.heldout:
+            align_eval.restart_file(path, self.state.evals)
+        self.collator: AlignCollator = collator(cfg, ds, bundle.tokenizer)
+        self.logger = start_logger(cfg, path)
+        self._log_start()
+
+    def _log_start(self) -> None:
+        cfg, plan, state, warmup = self.cfg, self.plan, self.state, self.warmup
+        if warmup is not None:
+            log.info("loss warm-up over %d optimizer steps: temperature %g -> %g, contrast weight %g -> %g",
+                     warmup.steps, warmup.at(0)[0], warmup.temperature, warmup.at(0)[1], warmup.contrast_weight)
+        # ds_numel: a parameter's size when ZeRO-3 has sharded it away
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module().parameters() if p.requires_grad)
+        log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
+                 "%d samples per step (%d x %d accumulation x %d processes), %d trainable parameters",
+                 self.bundle.name, cfg.model.sr.name, "+".join(self.tasks), plan.samples, plan.total_steps - state.step,
+                 plan.total_steps, plan.steps_per_epoch, cfg.align.max_steps, plan.samples_per_step,
+                 plan.micro_batch_size, plan.grad_accum, plan.world, trainable)
+
+    def final_losses(self):
+        """The loss settings' final values inside the block (evaluation, saving) while a warm-up runs."""
+        return self.warmup.final(self.engine.module()) if self.warmup else contextlib.nullcontext()
+
+    def train(self) -> None:
+        """Optimizer steps up to the plan's total, resumed where the state stands."""
+        a, eng, plan, state = self.cfg.align, self.engine, self.plan, self.state
+        self.start_step, t0 = state.step, time.perf_counter()
+        window, count = defaultdict(float), 0
+        bar = tqdm(total=plan.total_steps, initial=state.step, desc="align", disable=not is_rank_zero())
+        eng.model.train()
+        table = eng.module().text_table  # align.text_table_refresh; None = the paper's step
+        if self.heldout and self.eval_cfg.initial and state.step == 0:
+            self.evaluate()
+        while state.step < plan.total_steps:
+            epoch, done = divmod(state.step, plan.steps_per_epoch)
+            data = AlignEpoch(self.items, self.collator, plan, eng.rank, int(self.cfg.seed), epoch)
+            first = done * plan.grad_accum  # a resumed run starts at its step's first micro-batch
+            loader = DataLoader(data, batch_size=None, sampler=range(first, len(data)), collate_fn=unbatched,
+                                num_workers=int(a.num_workers))
+            for micro, batch in zip(range(first, len(data)), loader):
+                seed_step(int(self.cfg.seed), epoch, micro, eng.rank)
+                if table is not None:
+                    table.at_step(state.step)
+                if self.warmup is not None:
+                    self.warmup.apply(eng.module(), state.step)
+                out, stepped = eng.micro_step(batch)
+                for k in (*LOSS_KEYS, *DIAGNOSTIC_KEYS):
+                    window[k] += float(out[k].detach())
+                count += 1
+                if not stepped:
+                    continue
+                state.step += 1
+                bar.update(1)
+                if state.step % int(a.log_every) == 0 or state.step == plan.total_steps:
+                    entry = self._log_window(window, count, epoch)
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                    window, count = defaultdict(float), 0
+                if self.heldout and self.eval_cfg.every and state.step % self.eval_cfg.every == 0:
+                    self.evaluate()
+                if a.save_every and state.step % int(a.save_every) == 0 and state.step < plan.total_steps:
+                    self.save_checkpoint(self.path / f"{CKPT_DIR}_step{state.step}")
+                if state.step >= plan.total_steps:
+                    break
+        bar.close()
+        if self.heldout and not (state.evals and state.evals[-1]["step"] == state.step):
+            self.evaluate()  # the final weights are always evaluated
+        self.seconds = time.perf_counter() - t0
+
+    def _log_window(self, window: dict, count: int, epoch: int) -> dict:
+        """Average the window's losses over its micro-batches and all ranks; log and record them."""
+        keys = (*LOSS_KEYS, *DIAGNOSTIC_KEYS)
+        means = torch.tensor([window[k] / max(count, 1) for k in keys], device=self.engine.device)
+        means = self.engine.mean(means)
+        entry = {"step": self.state.step, "epoch": epoch, "lr": self.engine.lr()}
+        entry |= {k: round(float(v), 6) for k, v in zip(keys, means.tolist())}
+        if self.engine.grad_norm is not None:
+            entry["grad_norm"] = round(float(self.engine.grad_norm), 6)
+        if self.warmup is not None:  # the values the window's last step trained with
+            core = self.engine.module()
+            entry |= {"temperature": round(core.temperature, 6), "contrast_weight": round(core.contrast_weight, 6)}
+        self.state.losses.append(entry)
+        self.logger.log({f"train/{k}" if k in keys else k: v for k, v in entry.items() if k != "step"},
+                        step=self.state.step)
+        log.info("step %d/%d: %s", self.state.step, self.plan.total_steps,
+                 ", ".join(f"{k} {entry[k]:.4f}" for k in keys))
+        return entry
+
+    def evaluate(self) -> None:
+        """A held-out evaluation at the current step (every rank; :mod:`lsvcr.pipelines.align_eval`)."""
+        t0 = time.perf_counter()
+        with self.final_losses():
+            values = align_eval.evaluate(self.engine, self.heldout)
+        entry = align_eval.record(values, self.state.step, self.plan.total_steps, self.heldout, self.eval_cfg,
+                                  self.path, self.logger)
+        self.state.evals.append(entry)
+        self.eval_seconds += time.perf_counter() - t0
+
+    def save_checkpoint(self, path: Path) -> None:
+        with self.final_losses():
+            save_checkpoint(path, self.engine, self.cfg, self.state, self.plan, self.workdir)
+
+    def save(self) -> float:
+        """The final checkpoint ``align/``, then ``align.json``, ``losses.json`` and the held-out table;
+        returns the last logged loss (what a Hydra sweeper would minimise)."""
+        self.save_checkpoint(self.path / CKPT_DIR)
+        return _summarise(self, self.state.step - self.start_step, self.seconds)
+
+    def cleanup(self) -> None:
+        if self.logger is not None:
+            self.logger.finish()
+            self.logger = None
+
+
 def run(cfg: DictConfig) -> float:
-    task = build_task(cfg.task)
-    task.check_stage("align", "stage=align trains on task=joint, rec or comm_rank")
-    tasks = list(task.sample_sets)
-    eval_cfg = align_eval.eval_settings(cfg.align)  # bad align.eval_* keys fail before any work
-    _speed_settings(cfg)  # so do bad align.text_bucket_tokens and align.text_table_refresh
-    standardize = _standardize_samples(cfg)  # and align.standardize
-    lora_lr_scale(cfg)  # and align.lora_lr_scale
-    _llm_stop_gradient(cfg)  # and align.llm_stop_gradient
-    warmup = _loss_warmup(cfg)  # and the warm-up keys
-    _sr_config(cfg, 0)  # a wrong model/sr fails before any work
-    _check_causal(cfg)  # so does an encoder-only model/llm
-    path = run_dir(cfg)
-    ds = load_dataset(cfg)  # rank 0 prepares a missing dataset first; the other ranks then read it
-    require_comments(cfg, ds, task)
-    bundle = build_llm(cfg, ds)
-    items = AlignSamples(ds, tasks).items
-    plan = _plan(cfg, len(items), distributed.rank_and_world()[1])
-    ckpt = resume_checkpoint(cfg.align.resume) if cfg.align.get("resume") else None
-    engine = build_engine(cfg, plan, _model(cfg, bundle, ds, ckpt), bundle.hidden_size, path)
-    state = _load_trainer(ckpt, engine, plan) if ckpt else TrainState(0, [], [])
-    if ckpt is not None and engine.module().standardize != (standardize is not None):
-        raise ConfigError(f"align.resume={ckpt}: it was written {'with' if engine.module().standardize else 'without'} "
-                          f"standardisers, this run has align.standardize={standardize}; resume with the setting "
-                          "it was written with")
-    if ckpt is None and standardize is not None:
-        _fit_standardizers(cfg, standardize, engine, plan, items, _collator(cfg, ds, bundle.tokenizer, train=False))
-    table = engine.module().text_table
-    if ckpt and table is not None:
-        try:
-            table.load(ckpt)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"align.resume: {e}") from None
-    heldout = align_eval.build_heldout(eval_cfg, AlignSamples(ds, tasks, "val").items,
-                                       _collator(cfg, ds, bundle.tokenizer, split="val", train=False),
-                                       plan.micro_batch_size, plan.world, engine.rank, int(cfg.seed), tasks)
-    if heldout:
-        align_eval.restart_file(path, state.evals)
-    r = _Run(cfg, path, llm_workdir(cfg, ds), engine, plan, items, _collator(cfg, ds, bundle.tokenizer),
-             start_logger(cfg, path), state, eval_cfg, heldout, warmup)
-    if warmup is not None:
-        log.info("loss warm-up over %d optimizer steps: temperature %g -> %g, contrast weight %g -> %g",
-                 warmup.steps, warmup.at(0)[0], warmup.temperature, warmup.at(0)[1], warmup.contrast_weight)
-    # ds_numel: a parameter's size when ZeRO-3 has sharded it away
-    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module().parameters() if p.requires_grad)
-    log.info("aligning %s + %s on %s (%d samples): %d of %d optimizer steps (%d per epoch; align.max_steps=%s), "
-             "%d samples per step (%d x %d accumulation x %d processes), %d trainable parameters", bundle.name,
-             cfg.model.sr.name, "+".join(tasks), plan.samples, plan.total_steps - state.step, plan.total_steps,
-             plan.steps_per_epoch, cfg.align.max_steps, plan.samples_per_step, plan.micro_batch_size,
-             plan.grad_accum, plan.world, trainable)
-    start, t0 = state.step, time.perf_counter()
-    _train(r)
-    seconds = time.perf_counter() - t0
-    _save(path / CKPT_DIR, r)
-    r.logger.finish()
-    return _summarise(r, state.step - start, seconds)
+    """``stage=align``; returns the last logged loss."""
+    recipe = AlignRecipe(cfg)
+    try:
+        recipe.setup()
+        recipe.train()
+        return recipe.save()
+    finally:
+        recipe.cleanup()
 
 
-def _summarise(r: _Run, steps: int, seconds: float) -> float:
+def _summarise(r: AlignRecipe, steps: int, seconds: float) -> float:
     """align.json, losses.json and the held-out table; ``seconds`` is the loop's wall time, evaluations
     included (``eval_seconds``), the rates are of training alone."""
     cuda = torch.cuda.is_available() and torch.device(r.engine.device).type == "cuda"

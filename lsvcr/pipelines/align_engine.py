@@ -30,6 +30,7 @@ from transformers import get_scheduler
 
 from lsvcr import distributed
 from lsvcr.errors import ConfigError
+from lsvcr.losses.align import AlignmentLoss
 from lsvcr.models.align import AlignmentModel
 from lsvcr.pipelines.common import write_json
 from lsvcr.utils.deepspeed_config import TrainingNumbers, fill_auto
@@ -116,6 +117,7 @@ class Engine:
     rank: int
     params: list[torch.nn.Parameter]  # the trainable ones
     grad_norm = None  # 2-norm of the gradients before clipping, at the last optimizer step (None: not known)
+    objective = AlignmentLoss()  # the losses of a micro-batch, computed inside the wrapped model's forward
 
     def _anchor(self) -> torch.Tensor:
         """A zero built from every trainable parameter *before* the forward, added to the loss.
@@ -155,7 +157,7 @@ class Engine:
         """The model's outputs on one micro-batch, no backward (call inside :meth:`evaluating`). It
         runs the wrapped model, so mixed precision is that of training, and every rank must call it
         as often as the others: the losses gather their in-batch negatives from all ranks."""
-        return self.model(batch.to(self.device))
+        return self.model(batch.to(self.device), self.objective)
 
     def lr(self) -> float:
         return float(self.sched.get_last_lr()[0])
@@ -203,7 +205,7 @@ class AccelerateEngine(Engine):
         acc = self.acc
         anchor = self._anchor()
         with acc.accumulate(self.model):
-            out = self.model(batch.to(self.device))
+            out = self.model(batch.to(self.device), self.objective)
             acc.backward(out["loss"] + anchor)
             if acc.sync_gradients and self.clip:
                 self.grad_norm = acc.clip_grad_norm_(self.params, self.clip)
@@ -263,7 +265,7 @@ class DeepSpeedEngine(Engine):
         engine = self.model
         boundary = engine.is_gradient_accumulation_boundary()  # before step(), which counts the micro-batch
         anchor = self._anchor()
-        out = engine(batch.to(self.device))
+        out = engine(batch.to(self.device), self.objective)
         engine.backward(out["loss"] + anchor)  # scaled by 1 / grad_accum, like Accelerate's
         engine.step()
         if boundary:

@@ -17,7 +17,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lsvcr.data.store import PreparedDataset
 from lsvcr.errors import ConfigError
-from lsvcr.models.recommender import Recommender
+from lsvcr.models.recommender import Recommender, frozen_table
 from lsvcr.models.sr.layers import SequentialRecommender
 from lsvcr.pipelines.common import build, require_comments, write_json
 from lsvcr.pipelines.handover import load_aligned_sr
@@ -71,8 +70,7 @@ def build_recommender(cfg: DictConfig, ds: PreparedDataset, task: Task) -> Recom
     video = comment = projection = None
     if sr.uses_text:
         tables = ensure_tables(cfg, ds)
-        video = torch.from_numpy(np.array(tables.video, np.float32))
-        comment = torch.from_numpy(np.array(tables.comment, np.float32))
+        video, comment = frozen_table(tables.video), frozen_table(tables.comment)  # the files' pages, not copies
     if cfg.finetune.get("init_from"):
         projection = load_aligned_sr(cfg, sr, cfg.finetune.init_from, table_width=None if video is None else video.shape[1])
     elif video is not None and video.shape[1] != sr.adapter.in_features:

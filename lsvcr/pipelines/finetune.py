@@ -57,15 +57,15 @@ def _accelerator(cfg: DictConfig) -> Accelerator:
     return distributed.accelerator(cfg.hardware, kwargs_handlers=[ddp])
 
 
-def _prepare(accelerator: Accelerator, model: Recommender, opt):
-    """``accelerator.prepare`` (DDP with several processes) without syncing the frozen text tables.
+# finetune.tables_on: where the frozen text tables are read from
+_TABLES_ON = ("host", "device")
 
-    Every rank loaded the same tables from disk; DDP would otherwise broadcast them from rank 0 when
-    wrapping and again before every forward (``broadcast_buffers``): gigabytes per step at 16 M comments.
-    """
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        model, [name for name, _ in model.named_buffers() if name in ("video_table", "comment_table")])
-    return accelerator.prepare(model, opt)
+
+def _tables_on(cfg: DictConfig) -> str:
+    value = cfg.finetune.get("tables_on", "host")
+    if value not in _TABLES_ON:
+        raise ConfigError(f"finetune.tables_on={value}: expected one of {', '.join(_TABLES_ON)}")
+    return value
 
 
 def _optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
@@ -118,6 +118,7 @@ class FinetuneRecipe:
         """The dataset, task, model with its text tables, batches, loss, optimizer and schedule, the
         evaluator and logger; a resumed run's weights, optimizer state and counters."""
         cfg, f = self.cfg, self.cfg.finetune
+        _tables_on(cfg)  # a bad value fails before any work
         torch.manual_seed(cfg.seed)
         ds = self.ds = load_dataset(cfg)
         task = self.task = build_task(cfg.task)
@@ -130,8 +131,12 @@ class FinetuneRecipe:
         self.opt, self.sched = _optimizer(cfg, model, f.epochs * len(self.batches))
         if f.get("resume"):
             self.progress = self.checkpointer.resume(Path(f.resume), model, self.opt, self.sched, self.stopper)
-        self.model, self.opt = _prepare(accelerator, model, self.opt)
+        # the text tables are no buffers: DDP neither broadcasts nor syncs them, and they stay
+        # memory-mapped in host memory unless finetune.tables_on=device copies them over
+        self.model, self.opt = accelerator.prepare(model, self.opt)
         self.core: Recommender = accelerator.unwrap_model(self.model)
+        if _tables_on(cfg) == "device":
+            self.core.place_tables(accelerator.device)
         self.evaluator = Evaluator(ds, gatherer, task, eval_config(cfg), accelerator.device)
         self.logger = start_logger(cfg, self.path)
         write_checkpoint_meta(self.path, cfg, ds)

@@ -54,9 +54,14 @@ class SRInputs:
 
 
 def lookup_rows(table: Tensor, index: Tensor, projection: nn.Module | None = None) -> Tensor:
-    """``table [N, E']`` rows at ``index [...]`` -> ``[..., E]``, through ``projection`` (E' -> E)
-    when given. Only the gathered rows are projected, never the whole table."""
-    rows = table.index_select(0, index.reshape(-1)).reshape(*index.shape, table.shape[-1])
+    """``table [N, E']`` rows at ``index [...]`` -> ``[..., E]`` on ``index``'s device, through
+    ``projection`` (E' -> E) when given. Only the gathered rows are projected, never the whole table.
+
+    The rows are gathered where the table is and only they move: a table left in host memory (the
+    memory-mapped file) serves a batch on an accelerator with one ``[..., E']`` copy.
+    """
+    rows = table.index_select(0, index.reshape(-1).to(table.device)).reshape(*index.shape, table.shape[-1])
+    rows = rows.to(index.device)
     return rows if projection is None else projection(rows)
 
 
