@@ -93,7 +93,7 @@ def build_model(model: str, task: str, num_videos: int, num_comments: int):
     cfg = _compose(["stage=finetune", f"task={task}", f"model/sr={model}"])
     sr = build(cfg.model.sr, num_videos=num_videos)
     video = comment = None
-    if sr.uses_text:
+    if sr.use_text:
         width = sr.adapter.in_features
         video = random_table(num_videos + 1, width, 1)
         comment = random_table(num_comments + 1, width, 2)
@@ -233,11 +233,10 @@ def eval_bench(ds, args) -> dict:
         return metrics.compute()
 
     out = {"videos": n, "users": users, "table_s": table_s, "users_per_s": users / min(times), "times": times}
-    if hasattr(model, "rank_videos"):  # a fused scoring + ranking path, where the model has one
-        fused_metrics = fused()
-        fused_times = [_timed(fused) for _ in range(args.eval_repeats)]
-        out.update(fused_users_per_s=users / min(fused_times), fused_times=fused_times,
-                   same_metrics=all(abs(reference[k] - fused_metrics[k]) < 1e-9 for k in reference))
+    fused_metrics = fused()  # Recommender.rank_videos: scoring and ranking fused, no [B, V+1] matrix
+    fused_times = [_timed(fused) for _ in range(args.eval_repeats)]
+    out.update(fused_users_per_s=users / min(fused_times), fused_times=fused_times,
+               same_metrics=all(abs(reference[k] - fused_metrics[k]) < 1e-9 for k in reference))
     return out
 
 

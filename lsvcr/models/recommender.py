@@ -46,12 +46,12 @@ class Recommender(nn.Module):
     def __init__(self, sr: SequentialRecommender, video_table: Tensor | None = None,
                  comment_table: Tensor | None = None, projection: nn.Module | None = None):
         super().__init__()
-        if sr.uses_text and (video_table is None or comment_table is None):
+        if sr.use_text and (video_table is None or comment_table is None):
             raise ValueError(f"{type(sr).__name__} reads text: pass both text tables")
         self.sr = sr
         self.projection = projection
-        self.video_table = video_table if sr.uses_text else None
-        self.comment_table = comment_table if sr.uses_text else None
+        self.video_table = video_table if sr.use_text else None
+        self.comment_table = comment_table if sr.use_text else None
         self._cache: dict[str, Tensor] = {}  # a dict: a Parameter set as attribute would register
 
     def place_tables(self, device: torch.device | str) -> "Recommender":

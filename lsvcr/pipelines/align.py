@@ -68,7 +68,7 @@ from lsvcr.pipelines import align_eval
 from lsvcr.pipelines.align_checkpoint import TrainState, load_trainer, resume_checkpoint, save_checkpoint
 from lsvcr.pipelines.align_data import AlignEpoch, collator, plan_steps, seed_step, unbatched
 from lsvcr.pipelines.align_engine import Engine, Plan, build_engine, lora_lr_scale
-from lsvcr.pipelines.common import load_dataset, require_comments, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import check_max_position, load_dataset, require_comments, run_dir, start_logger, write_json
 from lsvcr.pipelines.handover import CKPT_DIR
 from lsvcr.pipelines.tables import llm_workdir
 from lsvcr.tasks import build_task
@@ -89,10 +89,8 @@ def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, LSVCR)):
         raise ConfigError(f"model/sr={cfg.model.sr.name}: the alignment stage trains LSVCR's SR; use model/sr=lsvcr")
+    check_max_position(cfg)
     sr = OmegaConf.to_container(cfg.model.sr, resolve=True)
-    longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
-    if sr["max_position"] < longest:
-        raise ConfigError(f"model.sr.max_position={sr['max_position']} is shorter than the histories ({longest})")
     return {k: v for k, v in sr.items() if k not in ("name", "_target_")} | {"num_videos": num_videos}
 
 

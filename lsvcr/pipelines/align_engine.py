@@ -11,7 +11,7 @@ Two implementations:
   path serves CUDA and the CPU (``DS_ACCELERATOR=cpu``, gloo), and the CPU tests cover what GPU runs
   execute: only the device, the precision and the Adam kernel differ.
 
-Both step the scheduler once per optimizer step and compute the same losses (tests/test_deepspeed.py);
+Both step the scheduler once per optimizer step and compute the same losses (tests/pipelines/test_deepspeed.py);
 :meth:`Engine.evaluating` and :meth:`Engine.eval_step` run the held-out evaluation (forward only).
 """
 

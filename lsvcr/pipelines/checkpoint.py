@@ -26,7 +26,7 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.errors import ConfigError
 from lsvcr.models.recommender import Recommender, frozen_table
 from lsvcr.models.sr.layers import SequentialRecommender
-from lsvcr.pipelines.common import build, require_comments, write_json
+from lsvcr.pipelines.common import build, check_max_position, require_comments, write_json
 from lsvcr.pipelines.handover import load_aligned_sr
 from lsvcr.pipelines.tables import ensure_tables
 from lsvcr.tasks import Task
@@ -59,16 +59,13 @@ def build_recommender(cfg: DictConfig, ds: PreparedDataset, task: Task) -> Recom
     ``finetune.init_from``)."""
     if not is_trainable(cfg.model.sr):
         raise ConfigError(f"model/sr={cfg.model.sr.name} has nothing to fine-tune; use stage=evaluate")
-    longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
-    if cfg.model.sr.get("max_position", longest) < longest:
-        raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
-                          f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
+    check_max_position(cfg)
     task.check_stage("finetune", "fine-tuning trains one task, rec or comm_rank")
     require_comments(cfg, ds, task)
     sr = build(cfg.model.sr, num_videos=ds.num_videos)
     task.check_sr(sr, cfg.model.sr.name)
     video = comment = projection = None
-    if sr.uses_text:
+    if sr.use_text:
         tables = ensure_tables(cfg, ds)
         video, comment = frozen_table(tables.video), frozen_table(tables.comment)  # the files' pages, not copies
     if cfg.finetune.get("init_from"):

@@ -87,6 +87,15 @@ def require_comments(cfg: DictConfig, ds: PreparedDataset, task: Task) -> None:
                           f"{ds.root}); set model.sr.use_comment_history=false (the video stream alone)")
 
 
+def check_max_position(cfg: DictConfig) -> None:
+    """``model.sr.max_position`` covers the longest history the data gives the SR (one error naming
+    the keys), where the SR has positions."""
+    longest = max(cfg.data.max_phis_len, cfg.data.max_chis_len)
+    if cfg.model.sr.get("max_position", longest) < longest:
+        raise ConfigError(f"model.sr.max_position={cfg.model.sr.max_position} is shorter than the histories "
+                          f"(data.max_phis_len={cfg.data.max_phis_len}, data.max_chis_len={cfg.data.max_chis_len})")
+
+
 def build(node: DictConfig, **kwargs):
     """Instantiate a config node with a ``_target_``, leaving out its descriptive ``name``."""
     resolved = OmegaConf.to_container(node, resolve=True)  # resolve against the full config first

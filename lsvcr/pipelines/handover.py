@@ -21,6 +21,7 @@ from lsvcr.models.align import (
 )
 from lsvcr.models.llm.loader import LLMBundle
 from lsvcr.models.llm.text_encoder import LLMTextEncoder, Standardizer, llm_emb_mlp
+from lsvcr.models.sr.lsvcr import LSVCR
 
 log = logging.getLogger("lsvcr")
 
@@ -65,7 +66,7 @@ def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width
     keys missing); returns ``llm_emb_mlp`` when the tables are wider than the SR's input, else None."""
     ckpt = alignment_checkpoint(init_from)
     where = f"finetune.init_from={ckpt.parent}"
-    if not hasattr(sr, "load_aligned"):
+    if not isinstance(sr, LSVCR):  # the alignment trains LSVCR's SR (stage=align refuses any other)
         raise ConfigError(f"{where}: model/sr={cfg.model.sr.name} cannot start from an alignment run; "
                           "use model/sr=lsvcr")
     try:

@@ -280,7 +280,7 @@ class SequentialRecommender(nn.Module):
     #: the tasks the model answers (``conf/task`` names; a task refuses a model without its name)
     tasks: tuple[str, ...] = ("rec",)
     #: whether the model reads text embeddings (False: ``lookup_inputs`` may be given no tables)
-    uses_text: bool = True
+    use_text: bool = True
     #: whether :meth:`sequence_users` works (a user representation after every position of a
     #: sequence in one causal pass), so the model can train on whole sequences
     #: (``finetune.train_on=sequences``)

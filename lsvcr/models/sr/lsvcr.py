@@ -91,7 +91,7 @@ class LSVCR(SequentialRecommender):
         if not (use_ids or use_text):
             raise ValueError("LSVCR needs ID embeddings, text embeddings or both (use_ids or use_text)")
         self.use_ids = use_ids
-        self.uses_text = use_text  # False: the ID-only ablation (task=rec only; no text tables are read)
+        self.use_text = use_text  # False: the ID-only ablation (task=rec only; no text tables are read)
         self.use_comment_history = use_comment_history
         self.random_positions = random_positions
         if position_align not in ("start", "end"):
@@ -132,7 +132,7 @@ class LSVCR(SequentialRecommender):
         """Un-normalised video representation ``[..., d]``: ``gate * id_emb + adapter(title)``."""
         if self.use_ids and ids is None:
             raise ValueError("this LSVCR uses ID embeddings: pass the video ids")
-        if not self.uses_text:
+        if not self.use_text:
             return self.gate * self.id_embedding(ids)
         x = self.adapter(title_emb)
         return x + self.gate * self.id_embedding(ids) if self.use_ids else x
@@ -143,14 +143,14 @@ class LSVCR(SequentialRecommender):
 
     def comment_repr(self, comment_emb: Tensor) -> Tensor:
         """Candidate comments: ``comment_emb [..., E]`` -> ``[..., d]``."""
-        if not self.uses_text:
+        if not self.use_text:
             raise ValueError("this LSVCR reads no text (use_text=False) and cannot rank comments; use task=rec")
         return F.normalize(self.adapter(comment_emb), dim=-1)
 
     def video_table_repr(self, video_emb_table: Tensor) -> Tensor:
         """Every video for full ranking: ``[V+1, E]`` (row i = video i; None without text) -> ``[V+1, d]``."""
         ids = None
-        if not self.uses_text:
+        if not self.use_text:
             ids = torch.arange(self.num_videos + 1, device=self.id_embedding.weight.device)
         elif self.use_ids:
             if video_emb_table.shape[0] != self.num_videos + 1:
@@ -189,7 +189,7 @@ class LSVCR(SequentialRecommender):
                       position: nn.Embedding, norm: nn.LayerNorm, given: Tensor | None = None) -> Tensor:
         """``[B, L, E]`` x2 + ``ids [B, L]`` -> encoder input rows ``[N, d]`` at ``pack``'s positions."""
         x = position(pack.pack(self._positions(mask, given)))
-        if self.uses_text:
+        if self.use_text:
             x = x + self.merge(torch.cat([self.adapter(pack.pack(title)), self.adapter(pack.pack(comment))], dim=-1))
         if self.use_ids:
             x = x + self.gate * self.id_embedding(pack.pack(ids))
@@ -200,7 +200,7 @@ class LSVCR(SequentialRecommender):
         c_pack)``; comment ones None without the comment stream. Padding is never computed (it is
         never read), and a mixed stream that is not asked for (``video``/``comment`` False) is
         skipped: rec reads only the video stream, comm_rank only the comment stream."""
-        if self.uses_text and (inputs.v_title is None or inputs.c_title is None or inputs.target_title is None):
+        if self.use_text and (inputs.v_title is None or inputs.c_title is None or inputs.target_title is None):
             raise ValueError("LSVCR needs text embeddings: build SRInputs with lookup_inputs(batch, video_emb, comment_emb)")
         v_pack, c_pack = self._packings(inputs)
         x_v = self._stream_input(inputs.v_title, inputs.v_comment, inputs.v_ids, inputs.v_mask, v_pack,
@@ -261,7 +261,7 @@ class LSVCR(SequentialRecommender):
     @property
     def tasks(self) -> tuple[str, ...]:
         """rec always; comm_rank needs the comment text (``use_text``)."""
-        return ("rec", "comm_rank") if self.uses_text else ("rec",)
+        return ("rec", "comm_rank") if self.use_text else ("rec",)
 
     def video_user(self, inputs: SRInputs) -> Tensor:
         """The rec read-out: pooling over the video stream, normalised ``[B, d]``."""
@@ -307,7 +307,7 @@ class LSVCR(SequentialRecommender):
 
     @property
     def has_id_text(self) -> bool:
-        return self.use_ids and self.uses_text
+        return self.use_ids and self.use_text
 
     def id_text_pairs(self, inputs: SRInputs) -> tuple[Tensor, Tensor] | None:
         """``(ID embeddings [U, d], adapter(title) [U, d])`` of the batch's unique history videos

@@ -23,7 +23,7 @@ class SASRec(SequentialRecommender):
     """ID-only sequential recommender over the video history."""
 
     tasks = ("rec",)
-    uses_text = False
+    use_text = False
     trains_on_sequences = True
 
     def __init__(

@@ -381,7 +381,7 @@ def test_every_data_config_names_a_reader_that_exists():
     from hydra.utils import get_method
 
     targets = {}
-    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "conf" / "data").glob("*.yaml")):
         reader = (yaml.safe_load(path.read_text()).get("reader") or {}).get("_target_")
         if reader is not None:
             targets[path.stem] = reader

@@ -210,7 +210,7 @@ def test_without_comment_history(inputs):
 
 def test_without_text_reads_only_ids():
     model = make_model(use_text=False)
-    assert not model.uses_text and not hasattr(model, "adapter")
+    assert not model.use_text and not hasattr(model, "adapter")
     ids_only = lookup_inputs(make_batch(), None, None)  # no tables, as the Recommender passes them
     with_text = lookup_inputs(make_batch(), *tables())
     user = model.video_user(ids_only)

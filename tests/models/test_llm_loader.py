@@ -15,7 +15,7 @@ from lsvcr.errors import ConfigError
 from lsvcr.models.llm.loader import LLMBundle, LoraSettings, PretrainedCausalLM, TinyCausalLM
 from lsvcr.models.llm.tokenizer import BPETokenizerTrainer
 
-PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model" / "llm"
+PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model" / "llm"
 LLAMA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CORPUS = [
     "今天天气真好[捂脸][捂脸]",

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from lsvcr.data.prompts import PromptBuilder, PromptExample, PromptTemplates
 from lsvcr.models.llm.tokenizer import BPETokenizerTrainer
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "prompts"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "prompts"
 SHORT = {
     "numbering": "{index}. ",
     "video_item": "{title}; {comment}",
