@@ -12,9 +12,9 @@ an alignment run, with text tables of the same base LLM, full ranking on test (o
 Rows (every one a real `lsvcr stage=finetune` run, one per task and seed):
 - un-aligned: tables of the base LLM through a random llm_emb_mlp drawn from one fixed seed
   (`embed.mlp_seed=0`, so the seeds share one set of tables, as the other rows do), a fresh SR;
-- 0-step control: `finetune.init_from=<control>`, an alignment run with `align.max_steps=0` (the
+- 0-step control: `init_from=<control>`, an alignment run with `align.max_steps=0` (the
   hand-over without training: its random SR, llm_emb_mlp and, with align.standardize, statistics);
-- aligned: `finetune.init_from=<aligned>`.
+- aligned: `init_from=<aligned>`.
 The seed changes the fine-tuning's initialisation (where not handed over), batch order and negatives.
 Each run's directory is ``outputs/experiments/align_effect/<tag>/<row>/<task>/seed<s>/``; a run whose
 directory holds a finished run of the same overrides is read, not repeated, so the script resumes.
@@ -106,8 +106,8 @@ def main() -> None:
     args = ap.parse_args()
     tasks = args.tasks or (["rec", "comm_rank"] if args.data == "world" else ["rec"])
     out = OUT / (args.tag or args.data)
-    rows = dict(zip(ROWS, (["embed.mlp_seed=0"], [f"finetune.init_from={args.control.resolve()}"],
-                           [f"finetune.init_from={args.aligned.resolve()}"])))
+    rows = dict(zip(ROWS, (["embed.mlp_seed=0"], [f"init_from={args.control.resolve()}"],
+                           [f"init_from={args.aligned.resolve()}"])))
     path = out / "results.json"
     results: dict[str, list] = {f"{task} | {row}": [] for task in tasks for row in rows if row in args.rows}
     for seed in args.seeds:  # seed by seed: a stopped script has every row of its first seeds

@@ -36,17 +36,18 @@ class HistoryGatherer:
 
     Args:
         ds: the prepared dataset.
-        max_video_len: keep the most recent ``max_video_len`` video interactions (``max_phis_len``).
-        max_comment_len: keep the most recently opened ``max_comment_len`` comment groups
-            (``max_chis_len``).
+        max_phis_len: keep the most recent ``max_phis_len`` video interactions (the paper's
+            name, as ``data.max_phis_len``: the photo, i.e. video, history).
+        max_chis_len: keep the most recently opened ``max_chis_len`` comment groups
+            (``data.max_chis_len``: the comment history).
         pad_to_max: pad to the maximum lengths instead of the longest history in the batch
             (fixed shapes, e.g. for compiled models).
     """
 
-    def __init__(self, ds: PreparedDataset, max_video_len: int, max_comment_len: int, pad_to_max: bool = False):
+    def __init__(self, ds: PreparedDataset, max_phis_len: int, max_chis_len: int, pad_to_max: bool = False):
         self.ds = ds
-        self.max_video_len = max_video_len
-        self.max_comment_len = max_comment_len
+        self.max_phis_len = max_phis_len
+        self.max_chis_len = max_chis_len
         self.pad_to_max = pad_to_max
         self.hot_comment = hot_comments(ds)
 
@@ -65,9 +66,9 @@ class HistoryGatherer:
         )
 
     def _video_history(self, user: np.ndarray, end: np.ndarray) -> np.ndarray:
-        start = np.maximum(self.ds.vi_ptr[user], end - self.max_video_len)
+        start = np.maximum(self.ds.vi_ptr[user], end - self.max_phis_len)
         length = end - start
-        width = self.max_video_len if self.pad_to_max else max(int(length.max(initial=0)), 1)
+        width = self.max_phis_len if self.pad_to_max else max(int(length.max(initial=0)), 1)
         out = np.zeros((len(user), width), np.int64)
         flat, rows = ragged_index(start, length)
         cols = flat - np.repeat(start, length)
@@ -81,9 +82,9 @@ class HistoryGatherer:
         ngroups = np.zeros(len(user), np.int64)
         if len(ds.ci_ngroups):  # a dataset without comment interactions has none
             ngroups = np.where(length > 0, ds.ci_ngroups[np.maximum(end - 1, 0)], 0).astype(np.int64)
-        kept = np.minimum(ngroups, self.max_comment_len)
+        kept = np.minimum(ngroups, self.max_chis_len)
         first_kept = ngroups - kept
-        width = self.max_comment_len if self.pad_to_max else max(int(kept.max(initial=0)), 1)
+        width = self.max_chis_len if self.pad_to_max else max(int(kept.max(initial=0)), 1)
         flat, rows = ragged_index(start, length)
         group = ds.ci_group[flat].astype(np.int64)
         keep = group >= first_kept[rows]

@@ -1,5 +1,5 @@
 """stage=align: the LoRA LLM and the SR trained together (DESIGN section 4). The later stages read
-its checkpoints through :mod:`lsvcr.pipelines.handover` (``finetune.init_from``).
+its checkpoints through :mod:`lsvcr.pipelines.handover` (``init_from``).
 
     lsvcr stage=align                                         # task=joint, tiny LLM, CPU
     lsvcr stage=align task=rec prompts=en model/llm=qwen2_5_0_5b hardware=gpu

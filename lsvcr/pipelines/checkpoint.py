@@ -37,7 +37,7 @@ log = logging.getLogger("lsvcr")
 # <run>/checkpoint.json: what `stage=evaluate evaluate.checkpoint=<run>` needs to rebuild the model
 CHECKPOINT_META = "checkpoint.json"
 # the config nodes that shape a fine-tuned model and its text tables (saved in CHECKPOINT_META)
-MODEL_KEYS = ("seed", "model", "embed", "finetune")
+MODEL_KEYS = ("seed", "model", "embed", "finetune", "init_from")
 WEIGHTS = "model.safetensors"
 
 
@@ -56,7 +56,7 @@ def is_trainable(sr_cfg: DictConfig) -> bool:
 
 def build_recommender(cfg: DictConfig, ds: PreparedDataset, task: Task) -> Recommender:
     """The SR of ``model/sr`` for ``task``, with its text tables (and the aligned weights of
-    ``finetune.init_from``)."""
+    ``init_from``)."""
     if not is_trainable(cfg.model.sr):
         raise ConfigError(f"model/sr={cfg.model.sr.name} has nothing to fine-tune; use stage=evaluate")
     check_max_position(cfg)
@@ -68,11 +68,11 @@ def build_recommender(cfg: DictConfig, ds: PreparedDataset, task: Task) -> Recom
     if sr.use_text:
         tables = ensure_tables(cfg, ds)
         video, comment = frozen_table(tables.video), frozen_table(tables.comment)  # the files' pages, not copies
-    if cfg.finetune.get("init_from"):
-        projection = load_aligned_sr(cfg, sr, cfg.finetune.init_from, table_width=None if video is None else video.shape[1])
+    if cfg.get("init_from"):
+        projection = load_aligned_sr(cfg, sr, cfg.init_from, table_width=None if video is None else video.shape[1])
     elif video is not None and video.shape[1] != sr.adapter.in_features:
         raise ConfigError(f"text tables are {video.shape[1]} wide but model.sr.llm_emb_size={sr.adapter.in_features}; "
-                          "a wider table needs the llm_emb_mlp of an alignment run (finetune.init_from)")
+                          "a wider table needs the llm_emb_mlp of an alignment run (init_from)")
     return Recommender(sr, video, comment, projection)
 
 
@@ -115,9 +115,12 @@ def load_finetuned(cfg: DictConfig, ds: PreparedDataset, run, task: Task) -> Rec
         raise ConfigError(f"{where}: trained on {meta['num_videos']} videos and {meta['num_comments']} comments "
                           f"({meta['dataset']}); data={cfg.data.name} has {ds.num_videos} videos and "
                           f"{ds.num_comments} comments ({ds.root})")
+    saved = dict(meta["config"])
+    if "init_from" not in saved:  # written before init_from was a top-level key: it was finetune.init_from
+        saved["init_from"] = (saved.get("finetune") or {}).get("init_from")
     run_cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(run_cfg, False)  # the run's finetune: node has keys this stage's has not
-    model = build_recommender(OmegaConf.merge(run_cfg, meta["config"]), ds, task)
+    model = build_recommender(OmegaConf.merge(run_cfg, saved), ds, task)
     try:
         model.load_state_dict(load_file(weights))
     except RuntimeError as e:

@@ -2,7 +2,7 @@
 
     lsvcr stage=embed model/llm=tiny
     lsvcr stage=embed model/llm=qwen2_5_0_5b hardware=gpu embed.batch_size=256
-    lsvcr stage=embed finetune.init_from=<alignment run dir>   # tables from the aligned LLM
+    lsvcr stage=embed init_from=<alignment run dir>   # tables from the aligned LLM
 
 The tables and their cache are :mod:`lsvcr.models.llm.table_cache` (layout, fingerprint, locking,
 sharded encoding); :mod:`lsvcr.pipelines.tables` reads their settings from the config. This stage

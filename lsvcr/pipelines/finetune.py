@@ -3,7 +3,7 @@
     lsvcr stage=finetune task=rec model/sr=lsvcr
     lsvcr stage=finetune task=comm_rank model/sr=lsvcr
     lsvcr stage=finetune task=rec model/sr=sasrec
-    lsvcr stage=finetune task=rec finetune.init_from=<align run>      # the aligned SR
+    lsvcr stage=finetune task=rec init_from=<align run>      # the aligned SR
     lsvcr stage=finetune hardware=cpu_ddp hardware.nproc_per_node=2   # several processes
 
 :class:`FinetuneRecipe` runs it in the torchtune manner: ``setup`` (data, task, model, optimizer,

@@ -1,6 +1,6 @@
 """The hand-over from an alignment run to the later stages: :func:`load_aligned_llm` (the aligned LLM
 and text encoder, for ``stage=embed``) and :func:`load_aligned_sr` (the aligned SR and
-``llm_emb_mlp``, for ``stage=finetune``), both given ``finetune.init_from``."""
+``llm_emb_mlp``, for ``stage=finetune``), both given ``init_from``."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ CKPT_DIR = "align"  # an alignment run's final checkpoint: <run>/align/
 
 
 def alignment_checkpoint(init_from) -> Path:
-    """The checkpoint of ``finetune.init_from``: ``<run>/align/``, or a checkpoint directory itself."""
+    """The checkpoint of ``init_from``: ``<run>/align/``, or a checkpoint directory itself."""
     path = Path(str(init_from)).expanduser().resolve()
     for ckpt in (path / CKPT_DIR, path):
         if (ckpt / META_FILE).exists() and (ckpt / MODULES_FILE).exists():
             return ckpt
-    raise ConfigError(f"finetune.init_from={path}: no alignment checkpoint in {path / CKPT_DIR} (or {path}); "
+    raise ConfigError(f"init_from={path}: no alignment checkpoint in {path / CKPT_DIR} (or {path}); "
                       "give a run directory written by stage=align")
 
 
@@ -47,13 +47,13 @@ def load_aligned_llm(cfg: DictConfig, init_from) -> tuple[LLMBundle, LLMTextEnco
     if given != used:
         differ = ", ".join(f"{k}={used.get(k)!r} (not {given.get(k)!r})" for k in sorted(set(given) | set(used))
                            if given.get(k) != used.get(k))
-        log.warning("finetune.init_from=%s was aligned with a different model/llm; using the aligned one: %s",
+        log.warning("init_from=%s was aligned with a different model/llm; using the aligned one: %s",
                     ckpt.parent, differ)
     bundle = instantiate(saved).build(None, ckpt)  # the tiny LM reloads the run's tokenizer from ckpt/tokenizer
     try:
         model = load_alignment(ckpt, bundle)
     except ValueError as e:
-        raise ConfigError(f"finetune.init_from={ckpt.parent}: {e}") from None
+        raise ConfigError(f"init_from={ckpt.parent}: {e}") from None
     encoder = model.text_encoder
     encoder.llm = model.llm.merge_and_unload()  # plain weights: no LoRA detour per layer when encoding
     encoder.eval()
@@ -65,7 +65,7 @@ def load_aligned_sr(cfg: DictConfig, sr: torch.nn.Module, init_from, table_width
     """Load the aligned SR weights into ``sr`` (positions resized, fresh ID embeddings, exactly those
     keys missing); returns ``llm_emb_mlp`` when the tables are wider than the SR's input, else None."""
     ckpt = alignment_checkpoint(init_from)
-    where = f"finetune.init_from={ckpt.parent}"
+    where = f"init_from={ckpt.parent}"
     if not isinstance(sr, LSVCR):  # the alignment trains LSVCR's SR (stage=align refuses any other)
         raise ConfigError(f"{where}: model/sr={cfg.model.sr.name} cannot start from an alignment run; "
                           "use model/sr=lsvcr")

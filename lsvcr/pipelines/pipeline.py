@@ -51,7 +51,7 @@ class Step:
     stage: str
     task: str = "rec"
     model: str = "lsvcr"
-    aligned: bool = False  # starts from the alignment step's checkpoint (finetune.init_from)
+    aligned: bool = False  # starts from the alignment step's checkpoint (init_from)
     row: str | None = None
 
 
@@ -77,7 +77,7 @@ def step_dir(path: Path, index: int) -> Path:
 def _base(cfg: DictConfig) -> DictConfig:
     """A plain copy of this config (no Hydra struct flag) with nothing to resume or start from."""
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    base.finetune.init_from, base.finetune.resume, base.align.resume = None, None, None
+    base.init_from, base.finetune.resume, base.align.resume = None, None, None
     return base
 
 
@@ -101,7 +101,7 @@ def derive(base: DictConfig, path: Path, index: int, task: str | None = None) ->
     sub.task = base.pipeline.tasks[task or step.task]
     sub.model.sr = base.pipeline.models[step.model]
     sub.paths.run_dir = str(step_dir(path, index))
-    sub.finetune.init_from = str(step_dir(path, ALIGN_STEP)) if step.aligned else None
+    sub.init_from = str(step_dir(path, ALIGN_STEP)) if step.aligned else None
     return sub
 
 

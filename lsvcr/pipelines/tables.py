@@ -1,5 +1,5 @@
 """The text tables of a run's config: :mod:`lsvcr.models.llm.table_cache` given the settings of
-``model/llm``, ``embed`` and ``finetune.init_from``. Not a stage: ``stage=embed`` builds the tables
+``model/llm``, ``embed`` and ``init_from``. Not a stage: ``stage=embed`` builds the tables
 ahead, ``stage=finetune`` (and ``stage=evaluate`` rebuilding a checkpoint) reuse or build them, and
 ``stage=align`` shares :func:`llm_workdir` with them."""
 
@@ -25,8 +25,8 @@ log = logging.getLogger("lsvcr")
 
 
 def init_from(cfg: DictConfig) -> str | None:
-    """``finetune.init_from`` as an absolute path, so two spellings of one run share one table directory."""
-    value = OmegaConf.select(cfg, "finetune.init_from", default=None)
+    """``init_from`` as an absolute path, so two spellings of one run share one table directory."""
+    value = OmegaConf.select(cfg, "init_from", default=None)
     return str(Path(value).expanduser().resolve()) if value else None
 
 
@@ -37,7 +37,7 @@ def mlp_seed(cfg: DictConfig) -> int:
 
 
 def table_settings(cfg: DictConfig) -> TableSettings:
-    """The tables ``cfg`` asks for: ``model/llm``, ``embed.*``, ``finetune.init_from`` and the device of ``hardware``."""
+    """The tables ``cfg`` asks for: ``model/llm``, ``embed.*``, ``init_from`` and the device of ``hardware``."""
     start = init_from(cfg)
     accelerator = str(OmegaConf.select(cfg, "hardware.accelerator", default="cpu"))
     device = f"cuda:{distributed.env_local_rank()}" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
@@ -74,7 +74,7 @@ def llm_workdir(cfg: DictConfig, ds: PreparedDataset) -> Path:
 
 def load_encoder(cfg: DictConfig, ds: PreparedDataset) -> TableEncoder:
     """The encoder of the tables: an alignment run's LLM and trained ``llm_emb_mlp``
-    (``finetune.init_from``), else ``model/llm`` with a random ``llm_emb_mlp`` drawn from :func:`mlp_seed`."""
+    (``init_from``), else ``model/llm`` with a random ``llm_emb_mlp`` drawn from :func:`mlp_seed`."""
     start = init_from(cfg)
     if start:
         bundle, encoder = load_aligned_llm(cfg, start)  # raises ConfigError naming a bad init_from
@@ -90,7 +90,7 @@ def load_encoder(cfg: DictConfig, ds: PreparedDataset) -> TableEncoder:
 
 def _check_imported(cfg: DictConfig, info: dict) -> None:
     """The imported tables fit this run: no conflicting embed settings, and the SR's input width
-    (a wider table needs an alignment run's ``llm_emb_mlp``, which ``finetune.init_from`` checks)."""
+    (a wider table needs an alignment run's ``llm_emb_mlp``, which ``init_from`` checks)."""
     files = f"{info['video']['file']} and {info['comment']['file']}"
     if cfg.embed.get("out_dir"):
         raise ConfigError(f"embed.out_dir={cfg.embed.out_dir}: this dataset's text tables are imported from {files} "
@@ -100,7 +100,7 @@ def _check_imported(cfg: DictConfig, info: dict) -> None:
                           "(data.embeddings) and have no hidden-size tables; set data.embeddings=false to encode "
                           "the texts with model/llm")
     if init_from(cfg):
-        log.warning("finetune.init_from=%s: its LLM does not make the text tables, they are imported from %s "
+        log.warning("init_from=%s: its LLM does not make the text tables, they are imported from %s "
                     "(set data.embeddings=false to encode the texts with it)", init_from(cfg), files)
         return
     width = OmegaConf.select(cfg, "model.sr.llm_emb_size", default=None)

@@ -117,12 +117,12 @@ def test_history_gatherer_caps_and_groups(ds):
     from lsvcr.data.history import HistoryGatherer
 
     test = ds.samples("rec", "test")  # u1 -> v4 at t=40
-    b = HistoryGatherer(ds, max_video_len=2, max_comment_len=5)(test, np.arange(len(test)))
+    b = HistoryGatherer(ds, max_phis_len=2, max_chis_len=5)(test, np.arange(len(test)))
     assert b.v_video.tolist() == [[2, 3]]  # the two most recent of v1, v2, v3
     assert b.v_comment.tolist() == [[4, 0]]  # v2's hottest comment is c4; v3 has none
     assert b.c_video.tolist() == [[1, 2]]  # groups v1 (opened @11), v2 (@21); c4@40 is not before t
     pairs = sorted(zip(b.c_slot.tolist(), b.c_comment.tolist()))
     assert pairs == [(0, 1), (0, 1), (0, 2), (1, 3)]
-    b1 = HistoryGatherer(ds, max_video_len=50, max_comment_len=1)(test, np.arange(len(test)))
+    b1 = HistoryGatherer(ds, max_phis_len=50, max_chis_len=1)(test, np.arange(len(test)))
     assert b1.c_video.tolist() == [[2]] and b1.c_comment.tolist() == [3] and b1.c_slot.tolist() == [0]
     assert b1.v_video.tolist() == [[1, 2, 3]]

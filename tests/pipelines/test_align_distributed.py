@@ -169,7 +169,7 @@ def test_two_rank_resume_matches_the_uninterrupted_run(out, two):
 
 def test_two_rank_embedding_of_the_aligned_llm_equals_one_process(out, two, tmp_path):
     # 2091 texts in 33 length-sorted batches of 64: the 2 ranks get unequal shares
-    args = ["stage=embed", *WORLD, *LLM, f"finetune.init_from={two}"]
+    args = ["stage=embed", *WORLD, *LLM, f"init_from={two}"]
     _run([*args, f"embed.out_dir={tmp_path / 'one'}"], out)
     _run([*args, *DDP, f"embed.out_dir={tmp_path / 'two'}"], out)
     manifest = json.loads((tmp_path / "two" / "embed_manifest.json").read_text())

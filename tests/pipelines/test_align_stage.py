@@ -1,6 +1,6 @@
 """stage=align on the real CLI: the loss falls, the checkpoint layout, the held-out evaluation (its
 files, steps and collapse warning; training unchanged by it), exact resume, and the hand-over to
-stage=embed and stage=finetune (finetune.init_from)."""
+stage=embed and stage=finetune (init_from)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_resumed_run_matches_uninterrupted(aligned):
 def test_embed_and_finetune_start_from_the_alignment(aligned):
     out, run = aligned
     cli(["stage=embed", *COMMON], out, out / "embed_base")
-    cli(["stage=embed", *COMMON, f"finetune.init_from={run}"], out, out / "embed_aligned")
+    cli(["stage=embed", *COMMON, f"init_from={run}"], out, out / "embed_aligned")
     base, tuned = (json.loads((out / d / "embed.json").read_text()) for d in ("embed_base", "embed_aligned"))
     assert base["tables_dir"] != tuned["tables_dir"]
     manifest = json.loads((Path(tuned["tables_dir"]) / "embed_manifest.json").read_text())
@@ -183,7 +183,7 @@ def test_embed_and_finetune_start_from_the_alignment(aligned):
         a, b = np.load(Path(base["tables_dir"]) / table), np.load(Path(tuned["tables_dir"]) / table)
         assert a.shape == b.shape and np.isfinite(b).all() and not np.allclose(a, b)
     # epochs=0: the selected weights are exactly what the hand-over loaded
-    text = cli(["stage=finetune", "task=rec", "model/sr=lsvcr", *COMMON, f"finetune.init_from={run}",
+    text = cli(["stage=finetune", "task=rec", "model/sr=lsvcr", *COMMON, f"init_from={run}",
                 "finetune.epochs=0"], out, out / "finetune")
     assert "text tables: reusing" in text and "starts from the aligned SR" in text
     loaded = load_file(out / "finetune" / "best" / "model.safetensors")
@@ -202,9 +202,9 @@ def _cfg(*overrides: str):
 def test_init_from_errors_name_the_setting(aligned, tmp_path):
     _, run = aligned
     cfg = _cfg()
-    with pytest.raises(ConfigError, match=rf"finetune\.init_from={tmp_path}: no alignment checkpoint"):
+    with pytest.raises(ConfigError, match=rf"init_from={tmp_path}: no alignment checkpoint"):
         load_aligned_sr(cfg, LSVCR(200), tmp_path, None)
-    with pytest.raises(ConfigError, match=r"finetune\.init_from=.*does not fit model/sr=lsvcr"):
+    with pytest.raises(ConfigError, match=r"init_from=.*does not fit model/sr=lsvcr"):
         load_aligned_sr(_cfg("model.sr.hidden_size=32"), LSVCR(200, hidden_size=32), run, None)
     # a table of raw hidden states (wider than the SR's input) goes through the aligned llm_emb_mlp
     hidden = json.loads((run / "align" / "alignment.json").read_text())["llm_hidden_size"]
@@ -226,7 +226,7 @@ def test_standardized_alignment_hands_its_statistics_to_embed_and_finetune(align
     state = load_file(run / "align" / "modules.safetensors")
     assert {k.split(".")[0] for k in state} == {"sr", "llm_emb_mlp", "contrast_adapter", "text_norm", "prompt_norm"}
     mean, std = state["text_norm.mean"].double(), state["text_norm.std"].double()
-    cli(["stage=embed", *COMMON, f"finetune.init_from={run}", "embed.hidden_table=true"], out, out / "embed_std")
+    cli(["stage=embed", *COMMON, f"init_from={run}", "embed.hidden_table=true"], out, out / "embed_std")
     tables = Path(json.loads((out / "embed_std" / "embed.json").read_text())["tables_dir"])
     raw = torch.from_numpy(np.load(tables / "videos_hidden.npy")[1:]).double()
     # statistics of the training samples' texts describe the whole title table: standardised, its

@@ -122,7 +122,7 @@ def test_out_dir_made_with_other_settings_is_refused(embedded):
 def test_init_from_without_alignment_run_is_a_config_error(embedded, tmp_path):
     _, ds, _ = embedded
     with pytest.raises(ConfigError, match=r"no alignment checkpoint in .*give a run directory written by stage=align"):
-        ensure_tables(compose_cfg(f"finetune.init_from={tmp_path}"), ds)
+        ensure_tables(compose_cfg(f"init_from={tmp_path}"), ds)
 
 
 def test_tokenizer_texts_interleave_titles_and_comments(embedded):

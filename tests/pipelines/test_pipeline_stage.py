@@ -28,7 +28,7 @@ def test_steps_get_their_own_stage_task_model_and_directory(tmp_path):
         ("evaluate", "rec", "popularity"), ("evaluate", "comm_rank", "most_liked"), ("embed", "rec", "lsvcr"),
         ("finetune", "rec", "sasrec"), ("finetune", "rec", "lsvcr"), ("finetune", "comm_rank", "lsvcr"),
         ("align", "joint", "lsvcr")]
-    assert [s.finetune.init_from for s in subs].count(str(tmp_path / "07_align")) == 3
+    assert [s.init_from for s in subs].count(str(tmp_path / "07_align")) == 3
     assert subs[4].finetune.epochs == 1 and subs[6].align.max_steps == 4  # the command line reaches sub-runs
     assert len({s.paths.run_dir for s in subs}) == len(STEPS)
     assert base.stage.name == "pipeline"  # deriving leaves the pipeline's own config alone
