@@ -39,14 +39,16 @@ ROOT = REPO / "lsvcr"
 
 # The layers, lowest first: a module may import from its own layer and the ones below it.
 LAYERS: dict[str, int] = {
-    "": 0, "errors": 0, "utils": 0, "distributed": 0,   # the package root, errors, helpers without a domain
+    "errors": 0, "utils": 0, "distributed": 0, "version": 0,   # errors, helpers without a domain, the version
     "data": 1,
     "models": 2,
     "losses": 3,
     "metrics": 4,
     "tasks": 5,                                          # the task objects: they pick batches, losses, rankings
+    "deploy": 5,                                         # the exported artifact and its recommendations
     "pipelines": 6, "assets": 6,                         # the stages; the asset tool
     "launch": 7, "main": 7, "rank": 7,                   # the command line and the launchers
+    "": 7,                                               # the package root: the public facade (lsvcr.load_artifact)
 }
 
 

@@ -83,7 +83,9 @@ def write_checkpoint_meta(path: Path, cfg: DictConfig, ds: PreparedDataset) -> N
     nodes = {k: resolved[k] for k in MODEL_KEYS if k in resolved}
     write_json(path / CHECKPOINT_META, {"stage": "finetune", "task": cfg.task.name, "model": cfg.model.sr.name,
                                          "num_videos": ds.num_videos, "num_comments": ds.num_comments,
-                                         "dataset": str(ds.root), "config": nodes})
+                                         "dataset": str(ds.root), "config": nodes,
+                                         "history": {"max_phis_len": int(cfg.data.max_phis_len),
+                                                     "max_chis_len": int(cfg.data.max_chis_len)}})
 
 
 def checkpoint_meta(cfg: DictConfig, run) -> tuple[Path, dict]:

@@ -129,3 +129,38 @@ def full_ranks(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor, fi
     ranks = torch.empty_like(below)
     ranks[order] = (v - first) - below  # the target's own column equals t, so it is never below
     return ranks
+
+
+def blocked_topk(user: torch.Tensor, items: torch.Tensor, k: int, first: int = 1, block_rows: int = 1 << 16,
+                 exclude: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items per row of ``user [B, d] @ items[first:].T`` without the ``[B, N]`` score
+    matrix: each block of ``block_rows`` items is scored and merged into the running top-k.
+
+    Args:
+        user: ``[B, d]`` query rows (already divided by any temperature).
+        items: ``[N, d]`` item representations; rows before ``first`` (padding) are never returned.
+        k: how many per row (fewer when there are fewer candidate items).
+        exclude: ``(rows, cols)`` pairs never returned (e.g. the videos a user has seen): ``cols``
+            are item indices into ``items``.
+
+    Returns:
+        ``(scores [B, k'], indices [B, k'])``, best first; an excluded item has score ``-inf`` and
+        appears only when a row has fewer than ``k`` items left.
+    """
+    if user.dim() != 2 or items.dim() != 2 or user.shape[1] != items.shape[1]:
+        raise ValueError(f"user must be [B, d] and items [N, d]; got {tuple(user.shape)} and {tuple(items.shape)}")
+    rows = user.shape[0]
+    best = user.new_empty((rows, 0))
+    best_idx = torch.empty((rows, 0), dtype=torch.long, device=user.device)
+    for lo in range(first, items.shape[0], block_rows):
+        hi = min(items.shape[0], lo + block_rows)
+        scores = user @ items[lo:hi].to(user.device, user.dtype).T  # [B, b]
+        if exclude is not None:
+            r, c = exclude
+            inside = (c >= lo) & (c < hi)
+            scores[r[inside], c[inside] - lo] = -torch.inf
+        top, idx = scores.topk(min(k, hi - lo), dim=1)
+        merged, merged_idx = torch.cat([best, top], dim=1), torch.cat([best_idx, idx + lo], dim=1)
+        best, pick = merged.topk(min(k, merged.shape[1]), dim=1)
+        best_idx = merged_idx.gather(1, pick)
+    return best, best_idx

@@ -1,0 +1,1 @@
+"""What ships after training: the exported artifact and its recommendations (no LLM)."""
