@@ -94,6 +94,19 @@ def write_artifact(out: str | Path, models: dict[str, Recommender], ds: Prepared
         raise ArtifactError(f"{out}: nothing to export (no task's model given)")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_all(tmp, models, ds, sr_configs, max_phis_len, max_chis_len)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _write_all(tmp: Path, models: dict[str, Recommender], ds: PreparedDataset, sr_configs: dict[str, dict],
+               max_phis_len: int, max_chis_len: int) -> None:
     (tmp / "data" / "arrays").mkdir(parents=True)
     (tmp / "text").mkdir()
     for name in DATA_FILES:
@@ -116,10 +129,6 @@ def write_artifact(out: str | Path, models: dict[str, Recommender], ds: Prepared
                                                      "comments": ds.num_comments},
                 "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
 
 def _write_task(tmp: Path, task: str, model: Recommender, sr_config: dict, num_videos: int, max_phis_len: int,

@@ -179,3 +179,13 @@ def test_a_user_without_a_video_history_gets_the_most_watched_videos(exported, t
     assert empty["fallback"] == "popularity" and empty["scores"] is None
     assert empty["items"] == [loaded.raw_ids("videos")[v - 1] for v in np.argsort(-counts, kind="stable")[:4]]
     assert "fallback" not in other and len(other["scores"]) == 4
+
+
+def test_a_failed_export_leaves_nothing_behind(exported, tmp_path):
+    from lsvcr.deploy.artifact import write_artifact
+
+    _, art, runs = exported
+    model = _training_model(runs["rec"], "rec")
+    with pytest.raises(KeyError):  # no SR config for the task: fails after the data files are copied
+        write_artifact(tmp_path / "x", {"rec": model}, load_artifact(art).data, {}, 50, 50)
+    assert list(tmp_path.iterdir()) == []
