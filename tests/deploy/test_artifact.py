@@ -189,3 +189,47 @@ def test_a_failed_export_leaves_nothing_behind(exported, tmp_path):
     with pytest.raises(KeyError):  # no SR config for the task: fails after the data files are copied
         write_artifact(tmp_path / "x", {"rec": model}, load_artifact(art).data, {}, 50, 50)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recommend_stage_writes_a_row_per_user_and_per_request(exported, tmp_path):
+    out, art, _ = exported
+    loaded = load_artifact(art)
+    users = [str(u) for u in loaded.raw_ids("users")[:3]]
+    (tmp_path / "users.txt").write_text("\n".join([users[0], "nobody", *users[1:]]) + "\n\n")
+    recs = tmp_path / "recs.jsonl"
+    r = run_cli(["stage=recommend", f"recommend.artifact={art}", f"recommend.users={tmp_path / 'users.txt'}",
+                 "recommend.k=5", f"recommend.out={recs}"], out, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in recs.read_text().splitlines()]
+    assert [row["user"] for row in rows] == [users[0], "nobody", *users[1:]]
+    assert rows[1]["error"] == "unknown user id"
+    want = loaded.recommend_videos(users, k=5)
+    assert [rows[0], *rows[2:]] == json.loads(json.dumps(want, default=str))
+    video = loaded.raw_ids("videos")[int(np.argmax(np.diff(np.asarray(loaded.data.video_comment_ptr))))]
+    lines = [json.dumps({"user": users[0], "video": video}), "{not json", json.dumps({"user": users[1]}),
+             json.dumps({"user": users[1], "video": "no-such-video"})]
+    (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    csv_out = tmp_path / "comments.csv"
+    r = run_cli(["stage=recommend", f"recommend.artifact={art}", f"recommend.requests={tmp_path / 'requests.jsonl'}",
+                 "recommend.k=3", "recommend.format=csv", f"recommend.out={csv_out}"], out, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = csv_out.read_text().splitlines()
+    assert table[0] == "user,video,rank,item,score,fallback,error"
+    best = loaded.rank_comments(users[0], video, k=3)
+    assert [line.split(",")[3] for line in table[1:4]] == [str(c) for c in best["items"]]
+    assert "invalid JSON" in table[4] and "expected an object with user and video" in table[5]
+    assert table[6].endswith("unknown video id") and len(table) == 7
+
+
+def test_recommend_stage_refuses_bad_settings_in_one_line(exported, tmp_path):
+    out, art, _ = exported
+    (tmp_path / "users.txt").write_text("1\n")
+    for extra, message in (([], "give exactly one of recommend.users"),
+                           ([f"recommend.users={tmp_path / 'users.txt'}", "recommend.k=0"], "recommend.k=0: expected an int >= 1"),
+                           ([f"recommend.users={tmp_path / 'nope.txt'}"], "no such file"),
+                           ([f"recommend.users={tmp_path / 'users.txt'}", "recommend.format=xml"], "recommend.format=xml")):
+        r = run_cli(["stage=recommend", f"recommend.artifact={art}", *extra], out, env=ENV)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
+    r = run_cli(["stage=recommend", f"recommend.artifact={tmp_path}", f"recommend.users={tmp_path / 'users.txt'}"],
+                out, env=ENV)
+    assert r.returncode == 2 and "is not an lsvcr artifact" in r.stderr
