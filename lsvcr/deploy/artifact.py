@@ -169,9 +169,17 @@ def _write_task(tmp: Path, task: str, model: Recommender, sr_config: dict, num_v
 # ---------------------------------------------------------------- loading
 
 
+def _inside(root: Path, rel: str, where: Path) -> Path:
+    """``root / rel``, refused when ``rel`` leads outside ``root`` (an absolute path, ``..``)."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ArtifactError(f"{where}: the path {rel!r} leads outside the artifact directory {root}")
+    return path
+
+
 def _check_files(root: Path, manifest: dict, verify: bool) -> None:
     for rel, entry in manifest["files"].items():
-        path = root / rel
+        path = _inside(root, rel, root / MANIFEST)
         if not path.is_file():
             raise ArtifactError(f"{path}: missing from the artifact ({root / MANIFEST} lists it)")
         size = path.stat().st_size
@@ -229,7 +237,7 @@ def _load_task(root: Path, task: str) -> TaskModel:
         sr.load_state_dict(load_file(root / task / "sr.safetensors"))
     except RuntimeError as e:
         raise ArtifactError(f"{root / task / 'sr.safetensors'}: does not fit {where} ({str(e).splitlines()[0]})") from None
-    tables = {k: frozen_table(np.load(root / rel, mmap_mode="r")) for k, rel in config["tables"].items()}
+    tables = {k: frozen_table(np.load(_inside(root, rel, where), mmap_mode="r")) for k, rel in config["tables"].items()}
     name = "comments.npy" if TASK_CLASSES[task].ranks_comments else "videos.npy"
     candidates = frozen_table(np.load(root / task / name, mmap_mode="r"))
     return TaskModel(sr.eval(), tables.get("video"), tables.get("comment"), candidates, config)

@@ -131,6 +131,11 @@ def test_a_damaged_artifact_is_refused_naming_the_file(exported, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"rec/videos\.npy: shape .* the manifest says"):
         load_artifact(copy)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["../outside.npy"] = manifest["files"].pop("rec/videos.npy")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"the path '\.\./outside\.npy' leads outside the artifact directory"):
+        load_artifact(copy)
 
 
 def test_export_refuses_bad_runs_and_an_existing_directory(exported):
