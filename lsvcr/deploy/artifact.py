@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lsvcr.data.batch import HistoryBatch
-from lsvcr.data.history import HistoryGatherer
+from lsvcr.data.history import HistoryGatherer, ragged_index
 from lsvcr.data.store import PreparedDataset, SampleSet
 from lsvcr.errors import DataError
 from lsvcr.models.recommender import Recommender, frozen_table
@@ -252,6 +252,8 @@ class Artifact:
         self.data = PreparedDataset(root / "data")
         self._ids: dict[str, dict] = {}
         self._raw: dict[str, np.ndarray] = {}
+        self._by_views: np.ndarray | None = None
+        self._gatherers: dict[str, HistoryGatherer] = {}  # per task: its hot-comment index is built once
 
     # ------------------------------------------------------------ ids
 
@@ -286,7 +288,9 @@ class Artifact:
                             time=np.full(n, np.iinfo(np.int64).max), vi_end=np.asarray(ds.vi_ptr)[users + 1],
                             ci_end=np.asarray(ds.ci_ptr)[users + 1], pos_ptr=np.zeros(1, np.int64),
                             pos=np.zeros(0, np.int32))
-        return HistoryGatherer(ds, cfg["max_phis_len"], cfg["max_chis_len"])(samples, np.arange(n))
+        if task not in self._gatherers:
+            self._gatherers[task] = HistoryGatherer(ds, cfg["max_phis_len"], cfg["max_chis_len"])
+        return self._gatherers[task](samples, np.arange(n))
 
     # ------------------------------------------------------------ recommendation
 
@@ -334,15 +338,16 @@ class Artifact:
     def _seen(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rows, videos)``: every video each user has watched."""
         ptr = np.asarray(self.data.vi_ptr)
-        start, end = ptr[users], ptr[users + 1]
-        rows = np.repeat(np.arange(len(users)), end - start)
-        flat = np.concatenate([np.arange(a, b) for a, b in zip(start, end)]) if len(users) else np.zeros(0, np.int64)
+        flat, rows = ragged_index(ptr[users], ptr[users + 1] - ptr[users])
         return torch.from_numpy(rows), torch.from_numpy(np.asarray(self.data.vi_video)[flat].astype(np.int64))
 
     def _popular(self, k: int) -> list[int]:
-        counts = np.bincount(np.asarray(self.data.vi_video), minlength=self.data.num_videos + 1)
-        counts[0] = -1
-        return [int(v) for v in np.argsort(-counts, kind="stable")[:k]]
+        """The ``k`` most-watched videos over every interaction (the order computed once)."""
+        if self._by_views is None:
+            counts = np.bincount(np.asarray(self.data.vi_video), minlength=self.data.num_videos + 1)
+            counts[0] = -1
+            self._by_views = np.argsort(-counts, kind="stable")
+        return [int(v) for v in self._by_views[:k]]
 
     @torch.no_grad()
     def rank_comments(self, user_id, video_id, k: int = 10) -> dict:

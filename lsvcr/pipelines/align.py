@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -68,7 +68,15 @@ from lsvcr.pipelines import align_eval
 from lsvcr.pipelines.align_checkpoint import TrainState, load_trainer, resume_checkpoint, save_checkpoint
 from lsvcr.pipelines.align_data import AlignEpoch, collator, plan_steps, seed_step, unbatched
 from lsvcr.pipelines.align_engine import Engine, Plan, build_engine, lora_lr_scale
-from lsvcr.pipelines.common import check_max_position, load_dataset, require_comments, run_dir, start_logger, write_json
+from lsvcr.pipelines.common import (
+    check_max_position,
+    load_dataset,
+    require_comments,
+    run_dir,
+    sr_class,
+    start_logger,
+    write_json,
+)
 from lsvcr.pipelines.handover import CKPT_DIR
 from lsvcr.pipelines.tables import llm_workdir
 from lsvcr.tasks import build_task
@@ -82,12 +90,8 @@ log = logging.getLogger("lsvcr")
 
 def _sr_config(cfg: DictConfig, num_videos: int) -> dict:
     """``model/sr`` as LSVCR keyword arguments (the alignment model forces no IDs, random positions)."""
-    target = cfg.model.sr.get("_target_")
-    try:
-        cls = get_class(target) if target else None
-    except Exception:  # an unknown class: the same one clear error
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, LSVCR)):
+    cls = sr_class(cfg.model.sr)
+    if not (cls is not None and issubclass(cls, LSVCR)):
         raise ConfigError(f"model/sr={cfg.model.sr.name}: the alignment stage trains LSVCR's SR; use model/sr=lsvcr")
     check_max_position(cfg)
     sr = OmegaConf.to_container(cfg.model.sr, resolve=True)

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
@@ -26,7 +25,7 @@ from lsvcr.data.store import PreparedDataset
 from lsvcr.errors import ConfigError
 from lsvcr.models.recommender import Recommender, frozen_table
 from lsvcr.models.sr.layers import SequentialRecommender
-from lsvcr.pipelines.common import build, check_max_position, require_comments, write_json
+from lsvcr.pipelines.common import build, check_max_position, require_comments, sr_class, write_json
 from lsvcr.pipelines.handover import load_aligned_sr
 from lsvcr.pipelines.tables import ensure_tables
 from lsvcr.tasks import Task
@@ -45,13 +44,8 @@ def is_trainable(sr_cfg: DictConfig) -> bool:
     """Whether a ``model/sr`` node builds an SR that ``stage=finetune`` trains (a
     :class:`~lsvcr.models.sr.layers.SequentialRecommender`), not a fitted
     :class:`~lsvcr.models.baseline.Baseline`."""
-    if "_target_" not in sr_cfg:
-        return False
-    try:
-        cls = get_class(sr_cfg._target_)
-    except Exception as e:  # an unknown class: one clear error here, not Hydra's chain later
-        raise ConfigError(f"model.sr._target_={sr_cfg._target_}: {str(e).splitlines()[0]}") from None
-    return isinstance(cls, type) and issubclass(cls, SequentialRecommender)
+    cls = sr_class(sr_cfg)
+    return cls is not None and issubclass(cls, SequentialRecommender)
 
 
 def build_recommender(cfg: DictConfig, ds: PreparedDataset, task: Task) -> Recommender:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lsvcr.data.builder import write_dataset
@@ -85,6 +85,18 @@ def require_comments(cfg: DictConfig, ds: PreparedDataset, task: Task) -> None:
         raise ConfigError(f"model.sr.use_comment_history=true reads the comment history, but data={cfg.data.name} "
                           f"has no comment interactions ({ds.num_comments} comments, 0 comment interactions in "
                           f"{ds.root}); set model.sr.use_comment_history=false (the video stream alone)")
+
+
+def sr_class(sr_cfg: DictConfig) -> type | None:
+    """The class a ``model/sr`` node's ``_target_`` names (None without one); an unknown class is
+    one ConfigError naming the key, not Hydra's chain later."""
+    if "_target_" not in sr_cfg:
+        return None
+    try:
+        cls = get_class(sr_cfg._target_)
+    except Exception as e:
+        raise ConfigError(f"model.sr._target_={sr_cfg._target_}: {str(e).splitlines()[0]}") from None
+    return cls if isinstance(cls, type) else None
 
 
 def check_max_position(cfg: DictConfig) -> None:

@@ -84,7 +84,7 @@ def load_encoder(cfg: DictConfig, ds: PreparedDataset) -> TableEncoder:
         bundle = spec.build(ds.texts, llm_workdir(cfg, ds))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mlp_seed(cfg))  # an un-aligned run's llm_emb_mlp: random, but reproducible
-        encoder = LLMTextEncoder(bundle.model, out_dim=int(cfg.embed.get("out_dim", DEFAULT_OUT_DIM)))
+        encoder = LLMTextEncoder(bundle.model, out_dim=table_settings(cfg).out_dim)
     return TableEncoder(encoder, bundle.tokenizer, bundle.name, bundle.source)
 
 
